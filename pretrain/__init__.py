@@ -1,0 +1,1 @@
+"""Transformer models, the shared training loop and the three trainer entry points."""
