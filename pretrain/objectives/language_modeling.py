@@ -1,0 +1,79 @@
+"""The two language-modelling objectives of pretrain/tlm.py: masked LM and causal LM.
+
+Both return loss *sums* and target counts; the training loop normalises by the global count so that the
+result does not depend on how the batch is split over ranks and micro-batches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.model.flops import flops_per_token
+from pretrain.model.lm import TransformerLM
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Loss sum and accuracy over targets (-100 ignored), in fp32 whatever the autocast dtype."""
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    valid = targets != -100
+    count = valid.sum()
+    loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    return {"losses": {"lm": (loss_sum, count)}, "metrics": {"accuracy": (correct, count)}}
+
+
+class MaskedLM(nn.Module):
+    """BERT-style MLM: predicts the original token at the positions the masker chose.
+
+    Only the target positions go through the V x D output projection (about 15% of them), which is where
+    most of an MLM step's FLOPs would otherwise go for little gain.
+    """
+
+    loss_weights = {"lm": 1.0}
+    perplexity_terms = ("lm",)
+
+    def __init__(self, model: TransformerLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> dict:
+        inputs = batch["inputs"]
+        hidden = self.model(inputs, padding_mask=batch.get("padding_mask"))
+        target_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+        out = token_cross_entropy(self.model.logits(target_hidden), batch["targets"])
+        out["tokens"] = inputs.numel()
+        return out
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return flops_per_token(self.model.cfg, seq_len)
+
+    def export_model(self) -> TransformerLM:
+        return self.model
+
+
+class CausalLM(nn.Module):
+    """GPT-style next-token prediction: position t predicts token t+1 (labels shifted, not copied)."""
+
+    loss_weights = {"lm": 1.0}
+    perplexity_terms = ("lm",)
+
+    def __init__(self, model: TransformerLM, pad_id: int) -> None:
+        super().__init__()
+        self.model = model
+        self.pad_id = pad_id
+
+    def forward(self, batch: dict) -> dict:
+        tokens = batch["tokens"]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        hidden = self.model(inputs, causal=True)
+        targets = targets.masked_fill(targets == self.pad_id, -100)
+        out = token_cross_entropy(self.model.logits(hidden), targets)
+        out["tokens"] = inputs.numel()
+        return out
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return flops_per_token(self.model.cfg, seq_len)
+
+    def export_model(self) -> TransformerLM:
+        return self.model
