@@ -1,0 +1,404 @@
+"""The one training loop, shared by every entry point.
+
+An entry point does:
+
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    seed_everything(cfg.train.seed)      # before building the model: the same init on every rank
+    objective = ...                      # an nn.Module following docs/ARCHITECTURE.md
+    result = train(objective, train_data, valid_data, cfg.train, cfg.optim, env, to_dict(cfg))
+
+`train_data`/`valid_data` are readers (IterableDatasets yielding whole per-rank batches that carry a
+`cursor`, with `state_dict(cursor)`/`load_state_dict(state)`); `valid_data` may be None.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset
+
+from data_pipeline.errors import UserError
+from pretrain.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWriter, capture_rng_state,
+                                 find_latest, list_checkpoints, load_checkpoint, load_module_state,
+                                 restore_rng_state)
+from pretrain.config import OptimConfig, TrainConfig
+from pretrain.distributed import DistEnv, all_gather_object, all_reduce_sum, broadcast_object
+from pretrain.metrics import MeanAccumulator, MetricsLogger, Stopwatch, TrainRecord, mfu, peak_bf16_flops
+from pretrain.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+ExportHook = Callable[[nn.Module, Path], None]
+"""Called on rank 0 with the (unwrapped) objective and the run directory once training completes."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int                          # optimizer steps done, counting those of the run resumed from
+    completed: bool                    # False when SIGTERM stopped the run before max_steps
+    checkpoint: Path | None            # last checkpoint written (rank 0 only; None elsewhere)
+    train: dict[str, float] = field(default_factory=dict)  # last progress report: loss terms, metrics
+    valid: dict[str, float] = field(default_factory=dict)  # last validation: loss terms, *_ppl, metrics
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(objective: nn.Module, train_data: IterableDataset, valid_data: IterableDataset | None,
+          train_cfg: TrainConfig, optim_cfg: OptimConfig, env: DistEnv, resolved_config: dict[str, Any],
+          export: ExportHook | None = None) -> TrainResult:
+    """Train `objective` to `train_cfg.max_steps`, resuming as `train_cfg.resume` says.
+
+    Checkpoints every `checkpoint_every` steps, at the end and on SIGTERM (after which it returns
+    normally with `completed=False`, so the process exits 0 and a restart resumes). `resolved_config`
+    (see config.to_dict) is written to run_dir/config.yaml and into every checkpoint.
+    """
+    return Trainer(objective, train_data, valid_data, train_cfg, optim_cfg, env, resolved_config, export).fit()
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast for precision "bf16", and for "auto" on a GPU that supports it; fp32 otherwise."""
+    if device.type != "cuda":
+        return precision == "bf16"
+    supported = torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise UserError("train.precision=bf16 but this GPU has no bf16 support; use train.precision=auto or fp32")
+    return precision != "fp32" and supported
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
+def add_terms(out: dict[str, Any], losses: MeanAccumulator, metrics: MeanAccumulator) -> None:
+    """Accumulate an objective output's loss terms and metrics, each a (sum, count) pair."""
+    for name, (total, count) in out["losses"].items():
+        losses.add(name, total, count)
+    for name, (total, count) in out.get("metrics", {}).items():
+        metrics.add(name, total, count)
+
+
+class StopRequest:
+    """Set by SIGTERM, which Kubernetes sends a grace period (30 s by default) before killing a pod."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def on_sigterm(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("train() runs outside the main thread: SIGTERM will end it without a checkpoint")
+            yield self
+            return
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+class Trainer:
+    """State of one training run; `fit()` runs it. See `train` for the behaviour."""
+
+    def __init__(self, objective: nn.Module, train_data: IterableDataset, valid_data: IterableDataset | None,
+                 train_cfg: TrainConfig, optim_cfg: OptimConfig, env: DistEnv, resolved_config: dict[str, Any],
+                 export: ExportHook | None = None) -> None:
+        self.cfg, self.env, self.resolved_config, self.export = train_cfg, env, resolved_config, export
+        self.objective = objective.to(env.device)
+        self.train_data, self.valid_data = train_data, valid_data
+        self.run_dir = Path(train_cfg.run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.optimizer = build_optimizer(self.objective, optim_cfg, env.device)
+        self.scheduler = build_scheduler(self.optimizer, optim_cfg, train_cfg.max_steps)
+        self.max_grad_norm = optim_cfg.clip_grad_norm if optim_cfg.clip_grad_norm > 0 else math.inf
+        self.bf16 = use_bf16(train_cfg.precision, env.device)
+        self.writer = CheckpointWriter(self.checkpoint_dir, train_cfg.keep_checkpoints) if env.is_main else None
+        self.metrics = MetricsLogger(self.run_dir, env.is_main, train_cfg.tensorboard, train_cfg.max_steps)
+        self.peak_flops = peak_bf16_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
+        self.valid_loader: DataLoader | None = None
+        self.step = 0
+        self.cursor: int | None = None     # the train reader's cursor after the last consumed batch
+        self.last_checkpoint: Path | None = None
+        self.last_train: dict[str, float] = {}
+        self.last_valid: dict[str, float] = {}
+        # Per report window: loss terms and metrics (sum, count), input tokens, grad norms, timing.
+        self.loss_window, self.metric_window = MeanAccumulator(), MeanAccumulator()
+        self.tokens = torch.zeros((), dtype=torch.float64, device=env.device)
+        self.grad_norms = torch.zeros((), dtype=torch.float64, device=env.device)
+        self.reports_tokens = False
+        self.seq_len = 0
+        self.lr = 0.0
+
+    def fit(self) -> TrainResult:
+        try:
+            with StopRequest().on_sigterm() as stop:
+                self._run(stop)
+            if self.writer is not None:
+                self.writer.wait()
+        finally:
+            self.metrics.close()
+        completed = self.step >= self.cfg.max_steps
+        if completed and self.export is not None and self.env.is_main:
+            self.export(self.objective, self.run_dir)
+        return TrainResult(self.step, completed, self.last_checkpoint, self.last_train, self.last_valid)
+
+    def _run(self, stop: StopRequest) -> None:
+        rng_state = self._restore()
+        if self.env.is_main:
+            self._write_config()
+        model = self._wrap()
+        batches = iter(self._loader(self.train_data))
+        # Last before the loop, so nothing else draws from the RNGs between the restore and the first step.
+        if rng_state is None:
+            seed_everything(self.cfg.seed + self.env.rank)
+        else:
+            restore_rng_state(rng_state)
+        self.objective.train()
+        watch = Stopwatch()
+        stopping = False
+        while self.step < self.cfg.max_steps and not stopping:
+            stopping = self._train_step(model, batches, watch, stop)
+            self.step += 1
+            if stopping:
+                log.warning("SIGTERM received: stopping at step %d after a checkpoint", self.step)
+            if stopping or self._due(self.cfg.log_every):
+                self._report(watch)
+            if not stopping and self.valid_data is not None and self._due(self.cfg.eval_every):
+                self.last_valid = self._validate()
+            if stopping or self._due(self.cfg.checkpoint_every):
+                self._save()
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _due(self, every: int) -> bool:
+        """Periodic work runs every `every` steps (never if 0) and always after the last step."""
+        return self.step == self.cfg.max_steps or (every > 0 and self.step % every == 0)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def _train_step(self, model: nn.Module, batches: Iterator[dict[str, Any]], watch: Stopwatch,
+                    stop: StopRequest) -> bool:
+        """One optimizer step over grad_accum_steps micro-batches; True when any rank got SIGTERM."""
+        accum = self.cfg.grad_accum_steps
+        for micro in range(accum):
+            started = time.perf_counter()
+            batch = next(batches)
+            watch.data_wait_s += time.perf_counter() - started
+            self.cursor = batch["cursor"]
+            batch = to_device(batch, self.env.device)
+            # Gradients are all-reduced only on the last micro-batch.
+            syncless = self.env.world_size > 1 and micro < accum - 1
+            with model.no_sync() if syncless else nullcontext():
+                with self._autocast():
+                    out = model(batch)
+                loss, stop_votes = self._scaled_loss(out, stop.requested)
+                loss.backward()
+            self._record(batch, out)
+        grad_norm = nn.utils.clip_grad_norm_(self.objective.parameters(), self.max_grad_norm)
+        self.grad_norms += grad_norm.detach().to(torch.float64)
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        watch.steps += 1
+        return stop_votes.item() > 0
+
+    def _scaled_loss(self, out: dict[str, Any], stop_requested: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to backpropagate, number of ranks asking to stop).
+
+        loss = sum over terms of weight * sum * world_size / (global count * grad_accum_steps); DDP then
+        averages gradients over ranks, which makes each term the mean over every rank's targets: 2 ranks
+        x B gives exactly the gradient of 1 rank x 2B. The stop vote rides on the counts' all-reduce.
+        """
+        losses = out["losses"]
+        names = sorted(losses)
+        device = self.env.device
+        counts = [torch.as_tensor(losses[name][1], dtype=torch.float64, device=device).reshape(()) for name in names]
+        vote = torch.tensor(float(stop_requested), dtype=torch.float64, device=device)
+        reduced = all_reduce_sum(torch.stack([*counts, vote]), self.env)
+        global_counts = reduced[:-1].clamp(min=1.0)
+        scales = (self.env.world_size / (global_counts * self.cfg.grad_accum_steps)).to(torch.float32)
+        weights = self.objective.loss_weights
+        loss = sum(weights[name] * losses[name][0].float() * scales[i] for i, name in enumerate(names))
+        return loss, reduced[-1]
+
+    def _record(self, batch: dict[str, Any], out: dict[str, Any]) -> None:
+        add_terms(out, self.loss_window, self.metric_window)
+        if "tokens" in out:
+            self.reports_tokens = True
+            self.tokens += torch.as_tensor(out["tokens"], dtype=torch.float64, device=self.env.device)
+        # Sequence length for MFU: the longest 2-D input of the batch.
+        self.seq_len = max([self.seq_len] + [v.shape[-1] for v in batch.values()
+                                              if isinstance(v, torch.Tensor) and v.dim() == 2])
+
+    # -- reporting and validation -------------------------------------------------------------------------
+
+    def _report(self, watch: Stopwatch) -> None:
+        losses = self.loss_window.reduce(self.env)
+        metrics = self.metric_window.reduce(self.env)
+        tokens = all_reduce_sum(self.tokens.clone(), self.env).item()
+        elapsed, data_wait, steps = watch.lap()
+        tokens_per_s = tokens / elapsed if self.reports_tokens else None
+        losses = {"loss": self._weighted(losses), **losses}
+        record = TrainRecord(
+            step=self.step, losses=losses, metrics=metrics, lr=self.lr,
+            grad_norm=self.grad_norms.item() / steps, tokens_per_s=tokens_per_s,
+            data_wait=data_wait / elapsed, mfu=self._utilisation(tokens_per_s),
+            eta_s=(self.cfg.max_steps - self.step) * elapsed / steps,
+        )
+        self.tokens.zero_()
+        self.grad_norms.zero_()
+        self.metrics.train(record)
+        self.last_train = {**losses, **metrics}
+
+    def _weighted(self, means: dict[str, float]) -> float:
+        return sum(self.objective.loss_weights[name] * value for name, value in means.items())
+
+    def _utilisation(self, tokens_per_s: float | None) -> float | None:
+        """MFU against the GPU's bf16 peak; None off GPU, for an unknown GPU or without a FLOP count."""
+        flops_per_token = getattr(self.objective, "flops_per_token", None)
+        if tokens_per_s is None or self.peak_flops is None or flops_per_token is None:
+            return None
+        return mfu(flops_per_token(self.seq_len), tokens_per_s, self.peak_flops, self.env.world_size)
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Means over `eval_batches` batches of every rank: loss terms, their weighted sum ("loss"),
+        exp(loss) ("NAME_ppl") for the terms in `objective.perplexity_terms`, and metrics."""
+        if self.valid_loader is None:
+            self.valid_loader = self._loader(self.valid_data)
+        losses, metrics = MeanAccumulator(), MeanAccumulator()
+        self.objective.eval()
+        for _, batch in zip(range(self.cfg.eval_batches), self.valid_loader):
+            with self._autocast():
+                add_terms(self.objective(to_device(batch, self.env.device)), losses, metrics)
+        self.objective.train()
+        means = losses.reduce(self.env)
+        results = {"loss": self._weighted(means), **means}
+        for name in getattr(self.objective, "perplexity_terms", ()):
+            results[f"{name}_ppl"] = math.exp(means[name]) if means[name] < 700 else math.inf
+        results.update(metrics.reduce(self.env))
+        self.metrics.valid(self.step, results)
+        return results
+
+    # -- set-up, checkpoints, resume ---------------------------------------------------------------------
+
+    def _wrap(self) -> nn.Module:
+        model: nn.Module = self.objective
+        if self.env.world_size > 1:
+            device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    def _loader(self, dataset: IterableDataset) -> DataLoader:
+        """Readers yield whole batches: the loader only adds worker processes and pinned memory. Its own
+        generator (which seeds the workers) keeps it from drawing on the global RNG, so a resumed run
+        replays the same dropout; randomness inside readers is seeded per sample, not by the worker."""
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=self.env.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed + self.env.rank))
+
+    def _write_config(self) -> None:
+        text = yaml.safe_dump(self.resolved_config, sort_keys=False)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(text, encoding="utf-8")
+        log.info("resolved config:\n%s", text.rstrip())
+
+    def _save(self) -> None:
+        # Every rank's RNG state, so that a resumed run replays every rank's dropout exactly.
+        rng = all_gather_object(capture_rng_state(), self.env)
+        if self.writer is None:
+            return
+        self.last_checkpoint = self.writer.save(self.step, {
+            "format": FORMAT_VERSION,
+            "step": self.step,
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.train_data.state_dict(self.cursor),
+            "rng": rng,
+            "config": self.resolved_config,
+        })
+
+    def _restore(self) -> dict[str, Any] | None:
+        """Load the checkpoint `resume` selects into the objective, optimizer, scheduler and reader;
+        return this rank's saved RNG state (applied just before the loop), or None for a fresh start."""
+        found = self._resume_checkpoint()
+        if found is None:
+            return None
+        path, state = found
+        load_module_state(self.objective, state["objective"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_data.load_state_dict(state["data"])
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+        if self.env.rank < len(state["rng"]):
+            return state["rng"][self.env.rank]
+        log.warning("%s was written by %d ranks: rank %d starts from a fresh seed", path, len(state["rng"]),
+                    self.env.rank)
+        return None
+
+    def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """(path, state) to resume from: chosen by rank 0 (which alone may rename corrupt files) and
+        shared, together with any error, with every rank; the others then read the same file."""
+        found: tuple[Path, dict[str, Any]] | None = None
+        decision: tuple[str | None, str | None] = (None, None)  # (path, error)
+        if self.env.is_main:
+            try:
+                found = self._choose_checkpoint()
+                decision = (str(found[0]) if found else None, None)
+            except UserError as err:
+                decision = (None, str(err))
+        path, error = broadcast_object(decision, self.env)
+        if error is not None:
+            raise UserError(error)
+        if path is None or found is not None:
+            return found
+        try:
+            return Path(path), load_checkpoint(Path(path))
+        except CheckpointError as err:
+            raise CheckpointError(f"rank {self.env.rank} cannot use the checkpoint rank 0 chose ({err}); "
+                                  "train.run_dir must be on storage shared by every pod") from None
+
+    def _choose_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0: the checkpoint `resume` names (auto: the newest valid one; none: no checkpoint).
+        Refuses a run_dir holding checkpoints of later steps, which would be pruned or auto-resumed
+        in place of this run's."""
+        found: tuple[Path, dict[str, Any]] | None = None
+        if self.cfg.resume == "auto":
+            found = find_latest(self.checkpoint_dir)
+        elif self.cfg.resume != "none":
+            path = Path(self.cfg.resume)
+            found = path, load_checkpoint(path)
+        start = found[1]["step"] if found else 0
+        later = [path for step, path in list_checkpoints(self.checkpoint_dir) if step > start]
+        if later:
+            raise UserError(f"{self.checkpoint_dir} holds checkpoints past step {start} (newest {later[-1].name}); "
+                            "use train.resume=auto to continue that run, or a new train.run_dir")
+        return found
