@@ -33,9 +33,10 @@ class MaskedLM(nn.Module):
     loss_weights = {"lm": 1.0}
     perplexity_terms = ("lm",)
 
-    def __init__(self, model: TransformerLM) -> None:
+    def __init__(self, model: TransformerLM, mask_rate: float) -> None:
         super().__init__()
         self.model = model
+        self.mask_rate = mask_rate
 
     def forward(self, batch: dict) -> dict:
         inputs = batch["inputs"]
@@ -46,7 +47,7 @@ class MaskedLM(nn.Module):
         return out
 
     def flops_per_token(self, seq_len: int) -> float:
-        return flops_per_token(self.model.cfg, seq_len)
+        return flops_per_token(self.model.cfg, seq_len, output_fraction=self.mask_rate)
 
     def export_model(self) -> TransformerLM:
         return self.model

@@ -1,0 +1,99 @@
+"""The `data` section every trainer shares, and the readers it builds for this rank."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch.distributed as dist
+from torch.utils.data import IterableDataset
+
+from data_pipeline.errors import UserError
+from data_pipeline.readers import ShardedDataset, Transform
+from data_pipeline.sample_corpus import prepare_sample_data
+from data_pipeline.streaming import TextStreamDataset
+from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
+from pretrain.distributed import DistEnv
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The vocab files the shards were made with (the readers check the fingerprint)."""
+
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab: str = ""                 # vocab.txt (wordpiece) or the fastBPE vocab file (bpe)
+    codes: str = ""                 # fastBPE codes (bpe only)
+    lowercase: bool = True          # wordpiece only
+
+    def spec(self) -> TokenizerSpec:
+        if not self.vocab:
+            raise UserError("data.tokenizer.vocab is not set: point it at the vocab the data was "
+                            "preprocessed with, or set data.sample.dir to train on the built-in sample")
+        if self.kind == "bpe" and not self.codes:
+            raise UserError("data.tokenizer.codes is not set: a BPE tokenizer needs its fastBPE codes file")
+        return TokenizerSpec(kind=self.kind, vocab=self.vocab, codes=self.codes or None, lowercase=self.lowercase)
+
+
+@dataclass(frozen=True)
+class SampleDataConfig:
+    """The embedded default: build the sample corpus, a vocab and shards under `dir`, then train on them."""
+
+    dir: str = ""                   # "" = off; train on data.train / data.valid instead
+    vocab_size: int = 8000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to read and how to batch it. Paths are shard directories (format: shards) or text inputs:
+    files, directories, globs, .gz (format: text, tokenized on the fly)."""
+
+    train: tuple[str, ...] = ()
+    valid: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()   # per data.train source; empty = 1.0 each (see readers.py "Mixing")
+    format: Literal["shards", "text"] = "shards"
+    text_errors: Literal["strict", "replace"] = "strict"  # non-UTF-8 text: stop with file:line, or repair
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    sample: SampleDataConfig = field(default_factory=SampleDataConfig)
+    nctx: int = 128                  # tokens per LM block; max tokens per side for paired data
+    batch_size: int = 32             # per rank and micro-batch; global batch = this x world size x accum
+
+
+def resolve_sample_data(cfg: DataConfig, paired: bool, env: DistEnv) -> DataConfig:
+    """With `sample.dir` set, build the sample data there (once per node) and point the config at it."""
+    if not cfg.sample.dir:
+        if not cfg.train:
+            raise UserError("data.train is empty: give shard directories (or text files with "
+                            "data.format=text), or set data.sample.dir to use the built-in sample corpus")
+        return cfg
+    if cfg.train or cfg.valid:
+        raise UserError("set either data.sample.dir (built-in sample corpus) or data.train/data.valid, not both")
+    # The first process of each node builds it; the others then find every step done and only read paths.
+    if env.local_rank == 0:
+        paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
+    if env.world_size > 1:
+        dist.barrier()
+    if env.local_rank != 0:
+        paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
+    prefix = "paired_" if paired else ""
+    tokenizer = replace(cfg.tokenizer, vocab=str(paths["vocab"]), codes=str(paths.get("codes") or ""))
+    return replace(cfg, train=(str(paths[f"{prefix}train"]),), valid=(str(paths[f"{prefix}valid"]),),
+                   format="shards", tokenizer=tokenizer)
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, env: DistEnv, *, seed: int, paired: bool,
+                   transform: Transform | None) -> tuple[IterableDataset, IterableDataset | None]:
+    """The endless shuffled training stream and the single ordered validation pass for this rank."""
+    common = dict(nctx=cfg.nctx, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size,
+                  transform=transform)
+    if cfg.format == "text":
+        text = dict(common, tokenizer=tokenizer, paired=paired, errors=cfg.text_errors)
+        train = TextStreamDataset(list(cfg.train), **text)
+        valid = TextStreamDataset(list(cfg.valid), epochs=1, **text) if cfg.valid else None
+        return train, valid
+    shards = dict(common, pad_id=tokenizer.pad_id, expected_fingerprint=tokenizer.fingerprint)
+    train = ShardedDataset(list(cfg.train), weights=list(cfg.weights) or None, seed=seed, **shards)
+    valid = ShardedDataset(list(cfg.valid), shuffle=False, epochs=1, **shards) if cfg.valid else None
+    if train.paired != paired:
+        want, got = ("paired (left<TAB>right)", "LM") if paired else ("LM", "paired")
+        raise UserError(f"data.train holds {got} shards but this trainer needs {want} shards: "
+                        f"preprocess the right kind of corpus")
+    return train, valid

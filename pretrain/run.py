@@ -1,0 +1,70 @@
+"""What every trainer entry point does around its objective: config, processes, data, loop, export.
+
+An entry point (tlm.py, paired.py, discrim.py) is a `Recipe`: its config schema, whether it reads paired
+data, and how to build its objective (and the batch transform that feeds it) from the config and the
+tokenizer. Everything else happens here once, for all of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from data_pipeline.errors import run_cli
+from data_pipeline.readers import Transform
+from data_pipeline.tokenizer import Tokenizer, load_tokenizer
+from pretrain.config import load_config, to_dict
+from pretrain.data import build_datasets, resolve_sample_data
+from pretrain.distributed import init_distributed, shutdown_distributed
+from pretrain.metrics import setup_logging
+from pretrain.trainer import TrainResult, seed_everything, train
+
+log = logging.getLogger("pretrain")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One trainer: the config schema (sections data, model, objective, optim, train) and its objective."""
+
+    prog: str                                                   # e.g. "python -m pretrain.tlm"
+    description: str                                            # the head of --help
+    schema: type
+    paired: Callable[[Any], bool]                               # does this config read paired data?
+    build_objective: Callable[[Any, Tokenizer], tuple[nn.Module, Transform | None]]
+
+
+def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
+    """Load the config, join the job, build data and objective, train, and export at the end."""
+    cfg = load_config(recipe.schema, argv, prog=recipe.prog, description=recipe.description)
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    try:
+        setup_logging(env.rank)
+        paired = recipe.paired(cfg)
+        cfg = dataclasses.replace(cfg, data=resolve_sample_data(cfg.data, paired, env))
+        tokenizer = load_tokenizer(cfg.data.tokenizer.spec())
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank and every run
+        objective, transform = recipe.build_objective(cfg, tokenizer)
+        train_data, valid_data = build_datasets(cfg.data, tokenizer, env, seed=cfg.train.seed, paired=paired,
+                                                transform=transform)
+        resolved = to_dict(cfg)
+        if env.is_main:
+            log.info("%s on %d process(es), device %s; %.1fM parameters", recipe.prog, env.world_size,
+                     env.device, sum(p.numel() for p in objective.parameters()) / 1e6)
+        return train(objective, train_data, valid_data, cfg.train, cfg.optim, env, resolved)
+    finally:
+        shutdown_distributed()
+
+
+def main_for(recipe: Recipe) -> Callable[[Sequence[str] | None], int]:
+    """A console entry point for `recipe`: one-line errors, exit code 0 also after a SIGTERM stop."""
+    def main(argv: Sequence[str] | None = None) -> int:
+        def run() -> int:
+            run_recipe(recipe, sys.argv[1:] if argv is None else argv)
+            return 0
+        return run_cli(run)
+    return main
