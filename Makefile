@@ -1,5 +1,5 @@
 # One command to set up and run the tiny pretraining job, one to set up and run the tests.
-#   make demo    # venv + install + sample corpus -> vocab -> shards -> tiny MLM run -> export
+#   make demo    # venv + install, then sample corpus -> vocab -> shards -> tiny MLM run -> checkpoints
 #   make test    # venv + install + pytest
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m data_pipeline demo --out runs/demo
+	$(PY) -m pretrain.tlm --config configs/tiny_mlm.yaml
 
 test: setup
 	$(PY) -m pytest -q
