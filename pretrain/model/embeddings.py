@@ -1,0 +1,57 @@
+"""Input embeddings: word vectors plus absolute positions (or none), then an optional LayerNorm and dropout."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pretrain.model.config import TransformerConfig
+
+
+def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
+    """Vaswani et al.'s fixed positions, laid out as 8-mile does: sin in even channels, cos in odd ones."""
+    inv_timescales = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(1.0e4) / dim))
+    angles = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_timescales
+    table = torch.empty(max_len, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table
+
+
+class Embeddings(nn.Module):
+    """tokens [B, T] -> [B, T, D] for every `cfg.embeddings` variant.
+
+    `word` is also the output projection of TransformerLM (weights are always tied).
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.embeddings.startswith("learned") else None
+        self.bias = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.embeddings == "learned-bias" else None
+        if cfg.embeddings == "sinusoidal":
+            # Not a parameter and not saved: it is a pure function of the config.
+            self.register_buffer("sinusoid", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)
+            self.word_scale = math.sqrt(cfg.d_model)
+        else:
+            self.sinusoid = None
+            self.word_scale = 1.0
+        self.layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embeddings_layer_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        seq_len = tokens.shape[1]
+        x = self.word(tokens)
+        if self.word_scale != 1.0:
+            x = x * self.word_scale
+        # Slicing the table rather than looking up arange(T) keeps the backward a plain slice-add.
+        if self.position is not None:
+            x = x + self.position.weight[:seq_len]
+        if self.sinusoid is not None:
+            x = x + self.sinusoid[:seq_len]
+        if self.bias is not None:
+            x = x + self.bias
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.dropout(x)
