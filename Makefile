@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/tokenize.py
+	$(PY) bench/tokenize_speed.py
 	$(PY) bench/reader.py
 
 clean:

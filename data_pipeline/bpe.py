@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import unicodedata
 from itertools import chain
 from typing import Any, Iterator, Sequence
@@ -114,6 +115,7 @@ def read_bpe_vocab(path: str) -> list[str]:
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """fastBPE prints its progress from C++; we have already validated and counted the files ourselves."""
+    sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as devnull:

@@ -32,13 +32,12 @@ from tqdm import tqdm
 
 from data_pipeline.errors import UserError
 from data_pipeline.shards import LM_STREAMS, PAIRED_STREAMS, ShardWriter, shard_prefix
-from data_pipeline.text_files import LineCounts, iter_lines
+from data_pipeline.text_files import MAX_WARNINGS, LineCounts, iter_lines
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MiB per uint16 shard
 CHUNK_CHARS = 1 << 20  # text per task: large enough to amortise pickling, small enough to balance
-MAX_EXAMPLES_LOGGED = 5
 # Counts of lines skipped here (text_files.LineCounts has the ones skipped while reading).
 NOT_ONE_TAB, EMPTY_SIDE, NO_TOKENS = "paired_not_one_tab_lines", "paired_empty_side_lines", "empty_after_tokenization"
 
@@ -153,7 +152,8 @@ def _paired_fields(text: str) -> tuple[str, str] | str:
     return fields[0], fields[1]
 
 
-def _chunks(inputs: Sequence[str | Path], paired: bool, errors: str, chunk_chars: int) -> Iterator[_Chunk]:
+def _chunks(inputs: Sequence[str | Path], paired: bool, errors: str,
+            chunk_chars: int = CHUNK_CHARS) -> Iterator[_Chunk]:
     """Lines cut into chunks of about `chunk_chars`, each carrying the counts gathered since the last one."""
     counts = LineCounts()
     reported = counts.as_dict()
@@ -164,7 +164,7 @@ def _chunks(inputs: Sequence[str | Path], paired: bool, errors: str, chunk_chars
         if paired and isinstance(doc, str):
             chunk.stats[doc] += 1
             skipped[doc] += 1
-            if skipped[doc] <= MAX_EXAMPLES_LOGGED:
+            if skipped[doc] <= MAX_WARNINGS:
                 log.warning("%s:%d: skipped, %s", line.path, line.line_no, doc.replace("_", " "))
             continue
         chunk.docs.append(doc)

@@ -32,6 +32,7 @@ from typing import Iterator
 
 from data_pipeline.errors import DataError
 from data_pipeline.preprocess import preprocess
+from data_pipeline.shards import SHARD_GLOB
 from data_pipeline.vocab_learning import learn_vocab, vocab_files
 from export.atomic import atomic_write_bytes
 
@@ -163,7 +164,9 @@ def prepare_sample_data(out_dir: str | Path, kind: str = "wordpiece", vocab_size
     Layout: `corpus/` (shared by all tokenizers), then `KIND-VOCABSIZE/` with the vocab file(s) and the
     shard directories `train`, `valid`, `paired_train`, `paired_valid`. Every step writes atomically, so
     an existing output is a complete one and an interrupted run resumes where it stopped.
-    Returns those paths by name (`vocab`, and `codes` for BPE, are files; the shard sets are directories).
+    Returns paths by name: `corpus` (directory), `train_text`, `valid_text`, `paired_train_text`,
+    `paired_valid_text`, `vocab` and (BPE) `codes` (files), `train`, `valid`, `paired_train`,
+    `paired_valid` (shard directories).
     """
     out_dir = Path(out_dir)
     corpus = SampleCorpus.in_dir(out_dir / "corpus")
@@ -187,7 +190,7 @@ def prepare_sample_data(out_dir: str | Path, kind: str = "wordpiece", vocab_size
                                ("paired_train", corpus.paired_train, True),
                                ("paired_valid", corpus.paired_valid, True)):
         paths[name] = tokenizer_dir / name
-        if paths[name].is_dir():
+        if any(paths[name].glob(SHARD_GLOB)):  # preprocess renames a finished directory into place
             log.info("%s: shards exist, kept", paths[name])
         else:
             preprocess([text], paths[name], spec, paired=paired, processes=processes)

@@ -3,7 +3,7 @@
 Order is deterministic: inputs in the order given; within a directory or glob, paths sorted; a file named
 twice is read once. Directories are walked recursively and hidden entries (names starting with ".") are
 skipped. Lines are split on "\\n" (a trailing "\\r" is dropped) and each is handled by one rule, counted in
-`LineCounts`, so nothing is dropped silently:
+`LineCounts` (and the first few repairs logged with file:line), so nothing is dropped silently:
   - blank (whitespace only): skipped, counted;
   - NUL bytes: stripped (they carry no text and would truncate words in fastBPE), line counted;
   - invalid UTF-8: a DataError naming file:line and byte offset, or with errors="replace" the bad bytes
@@ -26,6 +26,7 @@ from data_pipeline.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 ENCODING_ERRORS = ("strict", "replace")
+MAX_WARNINGS = 5  # repaired or skipped lines logged by file:line per kind; all of them are counted
 
 
 @dataclass
@@ -102,6 +103,8 @@ def _decode(raw: bytes, path: Path, line_no: int, offset: int, errors: str, coun
                             f"{offset + err.start} (column {err.start + 1}): convert the file to UTF-8 or pass "
                             f"--encoding-errors replace") from None
         counts.invalid_utf8_lines_replaced += 1
+        if counts.invalid_utf8_lines_replaced <= MAX_WARNINGS:
+            log.warning("%s:%d: invalid UTF-8 replaced by U+FFFD", path, line_no)
         return raw.decode("utf-8", errors="replace")
 
 
@@ -117,6 +120,8 @@ def _file_lines(path: Path, errors: str, counts: LineCounts) -> Iterator[TextLin
                 if "\0" in text:
                     text = text.replace("\0", "")
                     counts.nul_lines_stripped += 1
+                    if counts.nul_lines_stripped <= MAX_WARNINGS:
+                        log.warning("%s:%d: NUL bytes stripped", path, line_no)
                 if line_no == 1:
                     text = text.removeprefix("\ufeff")
                 if text.isspace() or not text:

@@ -68,10 +68,13 @@ def test_crlf_and_byte_order_mark_are_not_text(tmp_path):
     assert texts == ["one", "two"] and counts.as_dict() == LineCounts(files=1, lines_read=2).as_dict()
 
 
-def test_nul_bytes_are_stripped_and_counted(tmp_path):
-    texts, counts = read([write(tmp_path / "a.txt", b"o\x00ne\n\x00\ntwo\n")])
+def test_nul_bytes_are_stripped_counted_and_logged(tmp_path, caplog):
+    path = write(tmp_path / "a.txt", b"o\x00ne\n\x00\ntwo\n")
+    with caplog.at_level(logging.WARNING):
+        texts, counts = read([path])
     assert texts == ["one", "two"]
     assert (counts.nul_lines_stripped, counts.blank_lines_skipped) == (2, 1)
+    assert f"{path}:1: NUL bytes stripped" in caplog.text
 
 
 def test_invalid_utf8_is_a_data_error_with_file_line_and_offset(tmp_path):
@@ -82,9 +85,12 @@ def test_invalid_utf8_is_a_data_error_with_file_line_and_offset(tmp_path):
     assert "--encoding-errors replace" in str(excinfo.value)
 
 
-def test_invalid_utf8_with_replace_is_repaired_and_counted(tmp_path):
-    texts, counts = read([write(tmp_path / "a.txt", b"fine\nbad \xff here\n")], errors="replace")
+def test_invalid_utf8_with_replace_is_repaired_counted_and_logged(tmp_path, caplog):
+    path = write(tmp_path / "a.txt", b"fine\nbad \xff here\n")
+    with caplog.at_level(logging.WARNING):
+        texts, counts = read([path], errors="replace")
     assert texts == ["fine", "bad \ufffd here"] and counts.invalid_utf8_lines_replaced == 1
+    assert f"{path}:2: invalid UTF-8 replaced" in caplog.text
 
 
 def test_empty_file_among_others_is_counted_and_logged(tmp_path, caplog):
