@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import tokenizers
