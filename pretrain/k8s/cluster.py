@@ -1,0 +1,209 @@
+"""The few Kubernetes API calls the submit tool makes, each failure turned into a one-line UserError.
+
+PyTorchJobs go through CustomObjectsApi (group kubeflow.org, version v1), the ConfigMap holding the
+config and the pods' logs through CoreV1Api. The cluster comes from a kubeconfig (--kubeconfig,
+$KUBECONFIG or ~/.kube/config) or, inside a pod, from its service account.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import urllib3
+from kubernetes import client, config
+
+from data_pipeline.errors import UserError
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+INSTALL_OPERATOR = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
+                    'manifests/overlays/standalone?ref=v1.9.3"')
+_TIMEOUT = (10.0, 60.0)   # connect, read (seconds); log streams have no read timeout
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class NotFound(UserError):
+    """The named object (or its namespace) does not exist."""
+
+
+class AlreadyExists(UserError):
+    """An object of that name exists already."""
+
+
+class Rejected(UserError):
+    """The API server refused the request as invalid (400, 422)."""
+
+
+@dataclass
+class Cluster:
+    """An API client bound to one namespace."""
+
+    api: client.ApiClient
+    namespace: str
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None,
+                namespace: str | None = None) -> Cluster:
+        """Kubeconfig if one exists (flag, $KUBECONFIG, ~/.kube/config), else the pod's service account."""
+        path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        if any(Path(p).expanduser().is_file() for p in path.split(os.pathsep) if p):
+            try:
+                api = config.new_client_from_config(config_file=path, context=context, persist_config=False)
+                contexts, active = config.list_kube_config_contexts(path)
+            except config.ConfigException as err:
+                raise UserError(f"cannot use kubeconfig {path}: {_one_line(str(err))}; check it with "
+                                "`kubectl config view`") from None
+            if context:
+                active = next(c for c in contexts if c["name"] == context)
+            default_namespace = active.get("context", {}).get("namespace") or "default"
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException as err:
+                raise UserError(f"cannot use this pod's service account: {_one_line(str(err))}") from None
+            api = client.ApiClient(configuration)
+            default_namespace = _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        else:
+            raise UserError(f"no Kubernetes cluster configured: no kubeconfig at {path} and not running in "
+                            "a pod; set KUBECONFIG or pass --kubeconfig")
+        return cls(api, namespace or default_namespace)
+
+    @property
+    def host(self) -> str:
+        return self.api.configuration.host
+
+    # -- PyTorchJobs ----------------------------------------------------------------------------------
+
+    def find_job(self, name: str) -> dict[str, Any] | None:
+        """The job, or None if there is no job of that name."""
+        try:
+            return self._call(f"read pytorchjob {name}", PLURAL, client.CustomObjectsApi(self.api)
+                              .get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+        except NotFound:
+            return None
+
+    def get_job(self, name: str) -> dict[str, Any]:
+        job = self.find_job(name)
+        if job is None:
+            raise NotFound(f"no pytorchjob {name!r} in namespace {self.namespace}; list them with "
+                           f"`kubectl get pytorchjobs -n {self.namespace}`")
+        return job
+
+    def create_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        return self._call(f"create pytorchjob {job['metadata']['name']}", PLURAL,
+                          client.CustomObjectsApi(self.api).create_namespaced_custom_object,
+                          GROUP, VERSION, self.namespace, PLURAL, job)
+
+    def delete_job(self, name: str) -> None:
+        """Delete the job; Foreground keeps it visible until the operator's pods are gone."""
+        self._call(f"delete pytorchjob {name}", PLURAL,
+                   client.CustomObjectsApi(self.api).delete_namespaced_custom_object,
+                   GROUP, VERSION, self.namespace, PLURAL, name, body={"propagationPolicy": "Foreground"})
+
+    def wait_job_deleted(self, name: str, timeout_s: float = 300.0, poll_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.find_job(name) is not None:
+            if time.monotonic() > deadline:
+                raise UserError(f"pytorchjob {name} is still being deleted after {timeout_s:.0f}s; check its "
+                                f"pods: kubectl get pods -n {self.namespace} -l training.kubeflow.org/"
+                                f"job-name={name}")
+            time.sleep(poll_s)
+
+    # -- ConfigMaps -----------------------------------------------------------------------------------
+
+    def apply_config_map(self, config_map: dict[str, Any]) -> None:
+        """Create the ConfigMap, or replace one left by an earlier job of the same name."""
+        name = config_map["metadata"]["name"]
+        core = client.CoreV1Api(self.api)
+        try:
+            self._call(f"create configmap {name}", "configmaps", core.create_namespaced_config_map,
+                       self.namespace, config_map)
+        except AlreadyExists:
+            self._call(f"replace configmap {name}", "configmaps", core.replace_namespaced_config_map,
+                       name, self.namespace, config_map)
+
+    def make_owned_by(self, config_map_name: str, job: dict[str, Any]) -> None:
+        """Let the job own the ConfigMap, so deleting the job (even with kubectl) deletes it too."""
+        owner = {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": job["metadata"]["name"],
+                 "uid": job["metadata"]["uid"]}
+        self._call(f"update configmap {config_map_name}", "configmaps",
+                   client.CoreV1Api(self.api).patch_namespaced_config_map,
+                   config_map_name, self.namespace, {"metadata": {"ownerReferences": [owner]}})
+
+    def delete_config_map(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(f"delete configmap {name}", "configmaps",
+                       client.CoreV1Api(self.api).delete_namespaced_config_map, name, self.namespace)
+
+    # -- logs -----------------------------------------------------------------------------------------
+
+    def stream_log(self, pod: str, follow: bool = False, previous: bool = False) -> Iterator[bytes]:
+        """The pytorch container's log as it arrives; NotFound/Rejected while the pod is not running yet."""
+        response = self._call(f"read the log of pod {pod}", "pods",
+                              client.CoreV1Api(self.api).read_namespaced_pod_log, pod, self.namespace,
+                              container="pytorch", follow=follow, previous=previous,
+                              _preload_content=False, timeout=None)
+        try:
+            yield from response.stream(64 * 1024)
+        except urllib3.exceptions.HTTPError as err:
+            raise UserError(f"the log stream of pod {pod} broke off ({_one_line(str(err))}); run the "
+                            "command again to re-attach") from None
+        finally:
+            response.release_conn()
+
+    # -- errors ---------------------------------------------------------------------------------------
+
+    def _call(self, action: str, resource: str, method: Callable[..., Any], *args: Any,
+              timeout: tuple[float, float] | None = _TIMEOUT, **kwargs: Any) -> Any:
+        if timeout is not None:
+            kwargs["_request_timeout"] = timeout
+        try:
+            return method(*args, **kwargs)
+        except client.ApiException as err:
+            raise self._api_error(err, action, resource) from None
+        except urllib3.exceptions.HTTPError as err:
+            reason = getattr(err, "reason", None) or err
+            raise UserError(f"cannot reach the Kubernetes API server at {self.host} "
+                            f"({_one_line(str(reason)).split(': ', 1)[-1]}); is the cluster up and the "
+                            "kubeconfig context right? try `kubectl cluster-info`") from None
+
+    def _api_error(self, err: client.ApiException, action: str, resource: str) -> UserError:
+        status = _status(err.body)
+        message = _one_line(status.get("message") or err.reason or "")
+        where = f"namespace {self.namespace} on {self.host}"
+        if err.status == 401:
+            return UserError(f"the API server at {self.host} rejected your credentials (401 Unauthorized) "
+                             f"trying to {action}; refresh them (e.g. log in again) and retry")
+        if err.status == 403:
+            return UserError(f"permission denied trying to {action} in {where}: {message}; ask a cluster "
+                             f"admin for a Role that allows it (see what you may do: `kubectl auth can-i "
+                             f"--list -n {self.namespace}`)")
+        if err.status == 404 and status.get("reason") == "NotFound":
+            return NotFound(f"cannot {action}: {message}")
+        if err.status == 404 and resource == PLURAL:
+            return UserError(f"the cluster at {self.host} has no PyTorchJob resource ({PLURAL}.{GROUP}/"
+                             f"{VERSION}); install the Kubeflow training operator: {INSTALL_OPERATOR}")
+        if err.status == 409:
+            return AlreadyExists(f"cannot {action}: {message}")
+        if err.status in (400, 422):
+            return Rejected(f"the API server refused to {action}: {message}")
+        return UserError(f"the API server at {self.host} answered {err.status} {err.reason} trying to "
+                         f"{action}: {message}")
+
+
+def _status(body: Any) -> dict[str, Any]:
+    """The metav1.Status the API server sends with an error, or {} for a plain-text body."""
+    try:
+        status = json.loads(body or "")
+    except (TypeError, ValueError):
+        return {}
+    return status if isinstance(status, dict) and status.get("kind") == "Status" else {}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,199 @@
+"""The PyTorchJob and ConfigMap of one training run, built from a JobSpec.
+
+This module is the one definition of the job. `python -m pretrain.submit render|submit` emit it, and
+k8s/base/pytorchjob.yaml is its rendering for `JobSpec(name="pretrain", trainer="tlm")` (the tests in
+tests/k8s keep the two identical, and every kustomize overlay equal to a `render` with its flags).
+
+Layout inside every pod: the config at /etc/pretrain/config.yaml (ConfigMap), the data PVC read-only at
+/data, which is also the working directory, so relative paths in a config name files on the data
+volume, and the checkpoints PVC at /checkpoints, where the run lives in /checkpoints/<job name>.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from data_pipeline.errors import UserError
+from pretrain.k8s.rules import pytorch_job_errors
+
+TRAINERS = ("tlm", "paired", "discrim")
+CONFIG_DIR = "/etc/pretrain"
+CONFIG_KEY = "config.yaml"
+DATA_DIR = "/data"
+CHECKPOINTS_DIR = "/checkpoints"
+MASTER_PORT = 23456
+RUN_AS = 10001                        # the image's non-root user (Dockerfile)
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on every pod of a job
+
+# A Kubernetes resource quantity ("8", "500m", "32Gi"), as the API server's schema spells it.
+_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                       r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """How to run one training job; the defaults are one 1-GPU master plus one 1-GPU worker."""
+
+    name: str
+    trainer: str                      # tlm | paired | discrim: runs `python -m pretrain.<trainer>`
+    image: str = "pretrain-service:latest"
+    workers: int = 1                  # Worker pods (besides the Master; all pods when elastic)
+    min_workers: int | None = None    # set: elastic job, no Master, between min_workers and workers pods
+    gpus: int = 1                     # per pod; 0 runs on CPU
+    nproc_per_node: int | None = None  # processes per pod; default: one per GPU, 1 on CPU
+    cpus: str = "8"                   # per pod (request)
+    memory: str = "32Gi"              # per pod (request = limit; /dev/shm counts against it)
+    shm_size: str = "8Gi"             # /dev/shm for DataLoader workers
+    data_pvc: str = "pretrain-data"
+    checkpoints_pvc: str = "pretrain-checkpoints"
+    overrides: tuple[str, ...] = ()   # dotted config overrides appended to the command
+
+    def __post_init__(self) -> None:
+        if self.trainer not in TRAINERS:
+            raise UserError(f"unknown trainer {self.trainer!r}; use one of {', '.join(TRAINERS)}")
+        if self.workers < 0 or self.gpus < 0:
+            raise UserError(f"workers and gpus must be >= 0, got workers={self.workers} gpus={self.gpus}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.workers:
+            raise UserError(f"an elastic job needs 1 <= min_workers <= workers, got min_workers="
+                            f"{self.min_workers} workers={self.workers}")
+        if self.nproc_per_node is not None and self.nproc_per_node < 1:
+            raise UserError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        for flag, value in (("cpus", self.cpus), ("memory", self.memory), ("shm_size", self.shm_size)):
+            if not _QUANTITY.match(value):
+                raise UserError(f"{flag} {value!r} is not a Kubernetes quantity; write e.g. 8, 500m, 32Gi")
+        for item in self.overrides:
+            if "=" not in item or item.startswith("-"):
+                raise UserError(f"override {item!r} is not section.key=value (e.g. train.max_steps=1000)")
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None
+
+    @property
+    def procs_per_pod(self) -> int:
+        return self.nproc_per_node or max(self.gpus, 1)
+
+    @property
+    def config_map_name(self) -> str:
+        return config_map_name(self.name)
+
+
+def config_map_name(job_name: str) -> str:
+    return f"{job_name}-config"
+
+
+def run_dir(job_name: str) -> str:
+    """Where a job's checkpoints live; stable per job name, so a re-created job resumes there."""
+    return f"{CHECKPOINTS_DIR}/{job_name}"
+
+
+def config_map(spec: JobSpec, config_text: str) -> dict[str, Any]:
+    """The ConfigMap holding the training config the pods read from /etc/pretrain/config.yaml."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": spec.config_map_name},
+            "data": {CONFIG_KEY: config_text}}
+
+
+def pytorch_job(spec: JobSpec) -> dict[str, Any]:
+    """The PyTorchJob; raises UserError if the operator's admission webhook would reject it."""
+    replica_specs: dict[str, Any] = {}
+    if not spec.elastic:
+        replica_specs["Master"] = _replica_spec(spec, 1)
+    if spec.workers:
+        replica_specs["Worker"] = _replica_spec(spec, spec.workers)
+    job_spec: dict[str, Any] = {
+        # Always explicit: the operator's default "auto" makes torchrun start one process per CPU.
+        "nprocPerNode": str(spec.procs_per_pod),
+        # cleanPodPolicy None keeps finished pods, so `submit logs` still reads the master's log.
+        "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
+    }
+    if spec.elastic:
+        job_spec["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": spec.min_workers,
+                                     "maxReplicas": spec.workers, "maxRestarts": 3}
+    job_spec["pytorchReplicaSpecs"] = replica_specs
+    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+           "metadata": {"name": spec.name}, "spec": job_spec}
+    errors = pytorch_job_errors(job)
+    if errors:
+        raise UserError(f"the training operator would reject job {spec.name!r}: {'; '.join(errors)}")
+    return job
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """Multi-document YAML for `kubectl apply -f -`, multi-line strings (the config) as blocks."""
+    return yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
+
+
+def container_command(spec: JobSpec) -> list[str]:
+    """torchrun reads nodes, rank, rendezvous and processes per node from the operator's PET_* env.
+
+    run_dir comes from the pod's job-name label (JOB_NAME below), so a job renamed by kustomize still
+    checkpoints under its own name; resume=auto makes a restarted or re-created job continue from
+    the newest checkpoint there.
+    """
+    return ["torchrun", "-m", f"pretrain.{spec.trainer}", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}",
+            f"train.run_dir={CHECKPOINTS_DIR}/$(JOB_NAME)", "train.resume=auto", *spec.overrides]
+
+
+def _replica_spec(spec: JobSpec, replicas: int) -> dict[str, Any]:
+    # OnFailure restarts a crashed container in place (same pod name and address); torchrun then
+    # rejoins and the trainer resumes from the newest checkpoint.
+    return {"replicas": replicas, "restartPolicy": "OnFailure", "template": _pod_template(spec)}
+
+
+def _pod_template(spec: JobSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": spec.cpus, "memory": spec.memory}
+    limits: dict[str, Any] = {"memory": spec.memory}
+    if spec.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = spec.gpus
+    container = {
+        "name": "pytorch",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "workingDir": DATA_DIR,
+        "command": container_command(spec),
+        "env": [
+            {"name": "JOB_NAME",
+             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}}},
+            {"name": "HOME", "value": "/tmp"},   # the root filesystem is read-only
+        ],
+        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT}],
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "data", "mountPath": DATA_DIR, "readOnly": True},
+            {"name": "checkpoints", "mountPath": CHECKPOINTS_DIR},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return {"spec": {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                            "fsGroup": RUN_AS, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": spec.config_map_name}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_pvc, "readOnly": True}},
+            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoints_pvc}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }}
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings as `|` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)

@@ -1,0 +1,95 @@
+"""Everything under k8s/: it renders, the cluster would admit it, and it is the job `submit` builds."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pretrain.k8s.manifest import JobSpec, pytorch_job
+from tests.k8s.kustomize import build, config_map_hash
+from tests.k8s.validation import resource_errors
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+KUSTOMIZATIONS = sorted(path.parent.relative_to(K8S).as_posix() for path in K8S.rglob("kustomization.yaml"))
+
+# Each job kustomization, the config its config.yaml copies, and the `submit render` flags (as a
+# JobSpec) that build the same job.
+_SHARDS = ("data.train=[/data/shards/train]", "data.valid=[/data/shards/valid]")
+_WORDPIECE = ("data.tokenizer.vocab=/data/vocab.txt",)
+_BPE = ("data.tokenizer.vocab=/data/bpe.vocab", "data.tokenizer.codes=/data/bpe.codes")
+_PAIRS = ("data.train=[/data/pairs/train]", "data.valid=[/data/pairs/valid]")
+RECIPES: dict[str, tuple[str, JobSpec]] = {
+    "base": ("tiny_mlm.yaml", JobSpec(name="pretrain", trainer="tlm")),
+    "overlays/mlm": ("bert_base_mlm.yaml", JobSpec(name="mlm-pretrain", trainer="tlm",
+                                                   overrides=_SHARDS + _WORDPIECE)),
+    "overlays/clm": ("gpt2_small_clm.yaml", JobSpec(name="clm-pretrain", trainer="tlm", overrides=_SHARDS + _BPE)),
+    "overlays/dual-encoder": ("dual_encoder_gpu.yaml", JobSpec(name="dual-encoder-pretrain", trainer="paired",
+                                                               overrides=_PAIRS + _WORDPIECE)),
+    "overlays/electra": ("electra_base_gpu.yaml", JobSpec(name="electra-pretrain", trainer="discrim",
+                                                          overrides=_SHARDS + _WORDPIECE)),
+    "overlays/elastic": ("bert_base_mlm.yaml", JobSpec(name="elastic-mlm-pretrain", trainer="tlm", workers=4,
+                                                       min_workers=2, overrides=_SHARDS + _WORDPIECE)),
+}
+
+
+def _by_kind(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {resource["kind"]: resource for resource in resources}
+
+
+def _sorted(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(resources, key=lambda r: (r["kind"], r["metadata"]["name"]))
+
+
+def test_every_job_kustomization_is_a_recipe() -> None:
+    jobs = {d for d in KUSTOMIZATIONS if any(r["kind"] == "PyTorchJob" for r in build(K8S / d))}
+    assert jobs == set(RECIPES)
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_kustomization_renders_resources_the_cluster_admits(directory: str) -> None:
+    resources = build(K8S / directory)
+    assert resources
+    for resource in resources:
+        assert resource_errors(resource) == [], f"{directory}: {resource['kind']} {resource['metadata']['name']}"
+
+
+@pytest.mark.parametrize("directory", RECIPES)
+def test_recipe_job_is_what_submit_renders_with_its_flags(directory: str) -> None:
+    _, spec = RECIPES[directory]
+    rendered = _by_kind(build(K8S / directory))
+    config_map = rendered["ConfigMap"]
+    assert config_map["metadata"]["name"] == f"{spec.config_map_name}-{config_map_hash(config_map)}"
+    expected = pytorch_job(spec)
+    for rspec in expected["spec"]["pytorchReplicaSpecs"].values():
+        volumes = {volume["name"]: volume for volume in rspec["template"]["spec"]["volumes"]}
+        volumes["config"]["configMap"]["name"] = config_map["metadata"]["name"]
+    assert rendered["PyTorchJob"] == expected
+
+
+@pytest.mark.parametrize("directory", [d for d in RECIPES if (K8S / d / "config.yaml").exists()])
+def test_config_copy_is_identical_to_its_source_in_configs(directory: str) -> None:
+    source = ROOT / "configs" / RECIPES[directory][0]
+    copy = K8S / directory / "config.yaml"
+    assert source.is_file(), f"{source} does not exist; point RECIPES at the config {copy} copies"
+    assert copy.read_bytes() == source.read_bytes(), \
+        f"{copy.relative_to(ROOT)} differs from its source; run: cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_subset_renderer_matches_kubectl_kustomize(directory: str) -> None:
+    output = subprocess.run(["kubectl", "kustomize", str(K8S / directory)], capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    assert _sorted(build(K8S / directory)) == _sorted([doc for doc in yaml.safe_load_all(output) if doc])
+
+
+def test_strict_schema_check_rejects_a_misspelled_field() -> None:
+    job = _by_kind(build(K8S / "base"))["PyTorchJob"]
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["restartpolicy"] = "Never"
+    assert resource_errors(job) == [
+        "spec.pytorchReplicaSpecs.Master: Additional properties are not allowed ('restartpolicy' was unexpected)"]

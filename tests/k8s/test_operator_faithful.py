@@ -1,0 +1,62 @@
+"""The walk from the README on this machine, each pod a process run the way the cluster would run it
+(operator_harness): the k8s/data Job fills the data volume; a PyTorchJob trains, checkpoints, loses a
+pod and resumes; the k8s/export Job exports its newest checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint import list_checkpoints
+from pretrain.k8s.manifest import JobSpec, config_map, pytorch_job
+from tests.k8s.kustomize import build
+from tests.k8s.operator_harness import LocalJob, run_batch_job
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+
+
+def _batch_job(directory: str) -> dict:
+    return next(r for r in build(ROOT / "k8s" / directory) if r["kind"] == "Job")
+
+
+@pytest.fixture(scope="module")
+def data_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data volume after the k8s/data Job has run."""
+    data = tmp_path_factory.mktemp("volumes") / "data"
+    data.mkdir()
+    run_batch_job(_batch_job("data"), {"pretrain-data": data}, data.parent, TIMEOUT_S)
+    return data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_job_trains_resumes_after_a_pod_is_killed_and_exports(data_volume: Path, tmp_path: Path,
+                                                              nproc: int) -> None:
+    claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}
+    claims["pretrain-checkpoints"].mkdir()
+    spec = JobSpec(name="tiny", trainer="tlm", gpus=0, nproc_per_node=nproc, overrides=(
+        "data.batch_size=8", "train.max_steps=15", "train.checkpoint_every=5", "train.eval_every=0",
+        "train.eval_batches=1", "train.log_every=5", "train.num_workers=0", "train.tensorboard=false"))
+    config = (ROOT / "configs" / "tiny_mlm.yaml").read_text()
+    job = LocalJob([config_map(spec, config), pytorch_job(spec)], claims, tmp_path)
+    run_dir = claims["pretrain-checkpoints"] / "tiny"
+    worker = job.pod("tiny-worker-0")
+    job.start()
+    try:
+        job.run_until(lambda _: bool(list_checkpoints(run_dir / "checkpoints")), timeout_s=TIMEOUT_S)
+        assert worker.process.poll() is None, "the job finished before a pod could be killed"
+        worker.kill()
+        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
+    finally:
+        job.kill()
+    logs = job.logs()
+    assert f"on {2 * nproc} process(es)" in logs
+    assert "resumed from" in logs and worker.restarts == 1, logs
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 15
+
+    export = _batch_job("export")
+    run_env = export["spec"]["template"]["spec"]["containers"][0]["env"]
+    next(variable for variable in run_env if variable["name"] == "RUN")["value"] = "tiny"
+    run_batch_job(export, claims, tmp_path, TIMEOUT_S)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.npz", "model.pt", "vocab.txt"]

@@ -1,0 +1,244 @@
+"""`python -m pretrain.submit` against a stand-in API server: requests, resume, status, logs, errors."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from data_pipeline.errors import run_cli
+from pretrain.k8s.manifest import JobSpec, pytorch_job
+from pretrain.submit import main
+from tests.k8s.fake_apiserver import FakeApiServer
+from tests.k8s.validation import resource_errors
+
+CONFIG_TEXT = "train:\n  max_steps: 10\n"
+JOBS = "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"
+CONFIGMAPS = "/api/v1/namespaces/team-a/configmaps"
+
+
+def _condition(kind: str, minute: int, reason: str, message: str = "") -> dict:
+    return {"type": kind, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": f"2026-11-21T10:{minute:02d}:00Z"}
+
+
+# The conditions the operator reports as a job goes Created -> Running -> Succeeded or Failed.
+_CREATED = _condition("Created", 0, "PyTorchJobCreated")
+_RUNNING = _condition("Running", 1, "PyTorchJobRunning")
+_STOPPED = {**_RUNNING, "status": "False"}
+CREATED = {"conditions": [_CREATED]}
+RUNNING = {"conditions": [_CREATED, _RUNNING]}
+FAILED = {"conditions": [_CREATED, _STOPPED, _condition("Failed", 9, "PyTorchJobFailed", "demo-master-0 exited 1")]}
+SUCCEEDED = {"conditions": [_CREATED, _STOPPED, _condition("Succeeded", 9, "PyTorchJobSucceeded")]}
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONFIG_TEXT)
+    return path
+
+
+def _run(*argv: str) -> int:
+    return run_cli(lambda: main(list(argv)))
+
+
+def _submit(server: FakeApiServer, tmp_path: Path, config: Path, *extra: str) -> int:
+    return _run("submit", "--kubeconfig", str(server.kubeconfig(tmp_path)), "--trainer", "tlm",
+                "--config", str(config), "--name", "demo", "--gpus", "0", *extra)
+
+
+def test_render_prints_a_config_map_and_an_admissible_job(config_file: Path, capsys) -> None:
+    assert _run("render", "--trainer", "discrim", "--config", str(config_file), "--name", "demo",
+                "--workers", "2", "--gpus", "4", "train.max_steps=5") == 0
+    config_map, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert config_map["data"]["config.yaml"] == CONFIG_TEXT
+    assert resource_errors(config_map) == [] and resource_errors(job) == []
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2 and job["spec"]["nprocPerNode"] == "4"
+
+
+def test_submit_creates_the_config_map_then_the_job_that_owns_it(server, tmp_path, config_file, capsys) -> None:
+    assert _submit(server, tmp_path, config_file, "train.max_steps=3") == 0
+    assert server.calls() == [f"GET {JOBS}/demo", f"POST {CONFIGMAPS}", f"POST {JOBS}",
+                              f"PATCH {CONFIGMAPS}/demo-config"]
+    job_body = server.requests[2].body
+    assert resource_errors(job_body) == []
+    assert job_body == pytorch_job(JobSpec(name="demo", trainer="tlm", gpus=0, overrides=("train.max_steps=3",)))
+    assert server.requests[1].body["data"] == {"config.yaml": CONFIG_TEXT}
+    job = server.objects[("pytorchjobs", "team-a", "demo")]
+    owner = server.objects[("configmaps", "team-a", "demo-config")]["metadata"]["ownerReferences"]
+    assert owner == [{"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "demo",
+                      "uid": job["metadata"]["uid"]}]
+    assert "created pytorchjob/demo in namespace team-a" in capsys.readouterr().out
+
+
+def test_submitting_a_failed_jobs_name_recreates_it_to_resume(server, tmp_path, config_file, capsys) -> None:
+    old = pytorch_job(JobSpec(name="demo", trainer="tlm", gpus=0))
+    server.add_job("team-a", old, FAILED)
+    server.objects[("configmaps", "team-a", "demo-config")] = {"metadata": {"name": "demo-config", "uid": "u"}}
+    assert _submit(server, tmp_path, config_file) == 0
+    assert server.calls() == [f"GET {JOBS}/demo", f"DELETE {JOBS}/demo", f"GET {JOBS}/demo",
+                              f"POST {CONFIGMAPS}", f"PUT {CONFIGMAPS}/demo-config", f"POST {JOBS}",
+                              f"PATCH {CONFIGMAPS}/demo-config"]
+    assert server.requests[1].body == {"propagationPolicy": "Foreground"}
+    assert "resumes from the newest checkpoint in /checkpoints/demo" in capsys.readouterr().out
+
+
+def test_submitting_a_running_jobs_name_is_refused(server, tmp_path, config_file, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), RUNNING)
+    assert _submit(server, tmp_path, config_file) == 2
+    assert server.calls() == [f"GET {JOBS}/demo"]
+    assert "pytorchjob demo is still Running in namespace team-a" in capsys.readouterr().err
+
+
+def test_forbidden_is_a_one_line_permission_error_and_leaves_no_config_map(server, tmp_path, config_file,
+                                                                            capsys) -> None:
+    server.fail("POST", "/pytorchjobs$", 403, 'pytorchjobs.kubeflow.org is forbidden: User "alice" cannot '
+                'create resource "pytorchjobs" in API group "kubeflow.org" in the namespace "team-a"')
+    assert _submit(server, tmp_path, config_file) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: permission denied trying to create pytorchjob demo in namespace team-a")
+    assert 'User "alice" cannot create resource "pytorchjobs"' in err and err.count("\n") == 1
+    assert ("configmaps", "team-a", "demo-config") not in server.objects
+
+
+def test_missing_pytorchjob_crd_says_to_install_the_operator(tmp_path, config_file, capsys) -> None:
+    with FakeApiServer(crd_installed=False) as server:
+        assert _submit(server, tmp_path, config_file) == 2
+        assert server.calls() == [f"GET {JOBS}/demo"]
+    err = capsys.readouterr().err
+    assert "has no PyTorchJob resource (pytorchjobs.kubeflow.org/v1)" in err
+    assert "install the Kubeflow training operator: kubectl apply --server-side -k" in err and err.count("\n") == 1
+
+
+def test_unreachable_api_server_is_a_one_line_error(tmp_path, config_file, capsys) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gone",
+        "clusters": [{"name": "gone", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "me"}}]}))
+    assert _run("status", "demo", "--kubeconfig", str(kubeconfig)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Kubernetes API server at http://127.0.0.1:{port}" in err
+    assert "Connection refused" in err and err.count("\n") == 1
+
+
+def test_no_kubeconfig_outside_a_pod_is_a_one_line_error(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert _run("status", "demo") == 2
+    assert capsys.readouterr().err == (f"error: no Kubernetes cluster configured: no kubeconfig at "
+                                       f"{tmp_path / 'missing'} and not running in a pod; set KUBECONFIG or "
+                                       "pass --kubeconfig\n")
+
+
+def test_namespace_comes_from_the_flag_over_the_context(server, tmp_path, capsys) -> None:
+    assert _run("status", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path)), "-n", "team-b") == 2
+    assert server.calls() == ["GET /apis/kubeflow.org/v1/namespaces/team-b/pytorchjobs/demo"]
+    assert "no pytorchjob 'demo' in namespace team-b" in capsys.readouterr().err
+
+
+def test_status_shows_state_pods_and_conditions(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm", workers=2, gpus=4)),
+                   {**RUNNING, "replicaStatuses": {"Master": {"active": 1}, "Worker": {"active": 2}}})
+    assert _run("status", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "pytorchjob/demo: Running (1 Master, 2 Worker x 4 processes)"
+    assert lines[1:3] == ["  Master: active 1", "  Worker: active 2"]
+    assert "Running    PyTorchJobRunning" in lines[-1]
+
+
+@pytest.mark.parametrize("final, code", [(SUCCEEDED, 0), (FAILED, 1)])
+def test_status_watch_follows_conditions_until_the_job_finishes(server, tmp_path, capsys, final, code) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), CREATED, RUNNING, final)
+    assert _run("status", "demo", "--watch", "--interval", "0",
+                "--kubeconfig", str(server.kubeconfig(tmp_path))) == code
+    conditions = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[1] for line in conditions] == ["Created", "Running", final["conditions"][-1]["type"]]
+    assert len(server.requests) == 3
+
+
+def test_logs_prints_the_masters_pytorch_container_log(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), RUNNING)
+    server.script_pod_log("demo-master-0", b"step 10 loss 7.1\nstep 20 loss 6.5\n")
+    assert _run("logs", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    assert capsys.readouterr().out == "step 10 loss 7.1\nstep 20 loss 6.5\n"
+    assert server.requests[-1].query == {"container": ["pytorch"], "follow": ["false"], "previous": ["false"]}
+
+
+def test_logs_of_an_elastic_job_come_from_the_first_worker(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm", workers=2, min_workers=1)), RUNNING)
+    server.script_pod_log("demo-worker-0", b"rank 0\n")
+    assert _run("logs", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    assert capsys.readouterr().out == "rank 0\n"
+
+
+def test_logs_follow_waits_for_the_container_to_start(server, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("pretrain.submit.time.sleep", lambda seconds: None)
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), CREATED)
+    waiting = 'container "pytorch" in pod "demo-master-0" is waiting to start: ContainerCreating'
+    server.script_pod_log("demo-master-0", (400, waiting), (400, waiting), b"started\n")
+    assert _run("logs", "demo", "-f", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "started\n"
+    assert captured.err.count("waiting for pod demo-master-0") == 1 and "ContainerCreating" in captured.err
+
+
+def test_logs_without_follow_of_a_pod_not_started_is_a_user_error(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), CREATED)
+    assert _run("logs", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 2
+    assert "no log from pod demo-master-0 yet" in capsys.readouterr().err
+
+
+def test_logs_of_a_pod_index_the_job_does_not_have_is_a_user_error(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm", workers=2)), RUNNING)
+    assert _run("logs", "demo", "--replica", "worker", "--index", "2",
+                "--kubeconfig", str(server.kubeconfig(tmp_path))) == 2
+    assert "has no worker pod 2; it has master 0..0, worker 0..1" in capsys.readouterr().err
+
+
+def test_delete_removes_the_job_and_its_config_map_and_keeps_checkpoints(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm")), SUCCEEDED)
+    server.objects[("configmaps", "team-a", "demo-config")] = {"metadata": {"name": "demo-config", "uid": "u"}}
+    assert _run("delete", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    assert server.calls() == [f"GET {JOBS}/demo", f"DELETE {JOBS}/demo", f"DELETE {CONFIGMAPS}/demo-config"]
+    assert server.objects == {}
+    assert "checkpoints stay in /checkpoints/demo" in capsys.readouterr().out
+
+
+def test_unreadable_config_file_is_a_user_error(tmp_path, capsys) -> None:
+    assert _run("render", "--trainer", "tlm", "--config", str(tmp_path / "nope.yaml"), "--name", "demo") == 2
+    assert "cannot read --config" in capsys.readouterr().err
+
+
+def test_config_that_is_not_yaml_is_a_user_error_with_its_line(tmp_path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  max_steps: [1\n")
+    assert _run("render", "--trainer", "tlm", "--config", str(config), "--name", "demo") == 2
+    assert f"{config}:3: invalid YAML" in capsys.readouterr().err
+
+
+def test_config_key_the_trainer_does_not_know_fails_before_any_request(server, tmp_path, capsys) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("train:\n  max_stepz: 10\n")
+    assert _submit(server, tmp_path, config) == 2
+    assert server.requests == []
+    assert f"{config}:2: unknown key 'train.max_stepz'; did you mean 'train.max_steps'?" in capsys.readouterr().err
+
+
+def test_override_of_the_wrong_type_is_a_user_error(config_file, capsys) -> None:
+    assert _run("render", "--trainer", "tlm", "--config", str(config_file), "--name", "demo",
+                "train.max_steps=many") == 2
+    assert "train.max_steps must be an integer, got 'many'" in capsys.readouterr().err
