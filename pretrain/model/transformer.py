@@ -2,7 +2,7 @@
 encoder block and BERT's initialisation. A decoder block is the same pieces plus a cross-attention."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

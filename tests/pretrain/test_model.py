@@ -18,7 +18,7 @@ ATTENTION = {"sdpa": {}, "relative_keys": {"rpr_k": 2}, "relative_values": {"rpr
 
 
 def tiny_config(**overrides) -> TransformerConfig:
-    settings = dict(vocab_size=VOCAB, d_model=16, num_heads=2, layers=2, d_ff=24, max_len=32)
+    settings = {"vocab_size": VOCAB, "d_model": 16, "num_heads": 2, "layers": 2, "d_ff": 24, "max_len": 32}
     return TransformerConfig(**{**settings, **overrides})
 
 
@@ -40,15 +40,15 @@ VALID_VARIANTS = [
 
 
 @pytest.mark.parametrize("bad,field", [
-    (dict(d_model=30, num_heads=4), "num_heads"),
-    (dict(embeddings="none"), "rpr_k"),
-    (dict(rpr_values=True), "rpr_k"),
-    (dict(norm="sandwich"), "model.norm"),
-    (dict(embeddings="rotary"), "model.embeddings"),
-    (dict(dropout=1.0), "model.dropout"),
-    (dict(layers=0), "model.layers"),
-    (dict(rpr_k=-1), "model.rpr_k"),
-    (dict(embeddings="sinusoidal", d_model=15, num_heads=1), "d_model"),
+    ({"d_model": 30, "num_heads": 4}, "num_heads"),
+    ({"embeddings": "none"}, "rpr_k"),
+    ({"rpr_values": True}, "rpr_k"),
+    ({"norm": "sandwich"}, "model.norm"),
+    ({"embeddings": "rotary"}, "model.embeddings"),
+    ({"dropout": 1.0}, "model.dropout"),
+    ({"layers": 0}, "model.layers"),
+    ({"rpr_k": -1}, "model.rpr_k"),
+    ({"embeddings": "sinusoidal", "d_model": 15, "num_heads": 1}, "d_model"),
 ])
 def test_invalid_config_raises_one_line_user_error(bad, field):
     with pytest.raises(UserError) as error:

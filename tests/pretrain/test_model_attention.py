@@ -71,6 +71,23 @@ def test_self_attention_matches_reference(variant, padded, causal):
     torch.testing.assert_close(attn(x, mask, causal), reference(attn, x, mask, causal), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded,causal,mask_shape", [(False, False, None), (False, True, None),
+                                                       (True, False, (3, 1, 1, 7)), (True, True, (3, 1, 7, 7))])
+def test_sdpa_gets_a_square_mask_only_for_causal_padded_input(monkeypatch, padded, causal, mask_shape):
+    """No mask tensor without padding keeps SDPA's fused kernels available."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((None if attn_mask is None else tuple(attn_mask.shape), is_causal))
+        return sdpa(*args, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    x, padding_mask = inputs()
+    make_attention("plain")(x, padding_mask if padded else None, causal)
+    assert calls == [(mask_shape, causal and not padded)]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cross_attention_matches_reference(variant):
     attn = make_attention(variant)

@@ -1,0 +1,194 @@
+"""Training throughput of our masked LM beside two peers of the same shape, measured in the same run.
+
+    .venv/bin/python bench/train_step.py            # defaults: D 256, 4 layers, 4 heads, FFN 1024, V 8192,
+                                                    # T 128, B 32; fp32 on CPU, bf16 autocast on CUDA
+
+Peers: Hugging Face `BertForMaskedLM` and mead-baseline's 8-mile `TransformerMaskedLanguageModel`, both
+BERT-shaped (post-LN, learned positions + token-type-0 bias, embedding LayerNorm, tied output with bias).
+Ours is the same architecture with BERT's MLM head transform (as the HF peer has). All three train with
+AdamW on one batch masked once by our TokenMasker (15% targets), with the loss on the targets only; the
+peers project every position to the vocabulary because that is how they work, ours projects only the
+targets. Steps run round-robin (one step of each model in turn), so load from other processes hits all
+three alike; the reported figure is the median over the timed steps after warm-up. On a CPU shared with
+other jobs, `--threads 1` keeps thread oversubscription from drowning the differences.
+Needs `transformers` and `mead-baseline==2.4.2` (which brings mead-layers) in the venv.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import collections.abc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.metrics import mfu, peak_bf16_flops
+from pretrain.model import TransformerConfig, TransformerLM, flops_per_token
+from pretrain.objectives.language_modeling import MaskedLM
+from pretrain.objectives.masking import IGNORE_INDEX, MaskingConfig, TokenMasker
+
+# mead-baseline's special ids (ARCHITECTURE.md): <PAD> <GO> <EOS> <UNK> [CLS] [MASK].
+PAD_ID, MASK_ID, NUM_SPECIAL = 0, 5, 6
+MASKING = MaskingConfig()  # BERT's recipe: 15% targets, 80% [MASK] / 10% random / 10% kept
+
+
+@dataclass
+class Contender:
+    name: str
+    model: nn.Module
+    loss: Callable[[], torch.Tensor]  # forward on the benchmark batch -> scalar loss
+    flops_per_token: float
+
+    def __post_init__(self) -> None:
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step(self) -> None:
+        self.loss().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--d-ff", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU intra-op threads")
+    return parser.parse_args()
+
+
+def masked_batch(args: argparse.Namespace) -> dict:
+    """One batch of random non-special tokens, masked by the trainer's own TokenMasker."""
+    rng = np.random.default_rng(args.seed)
+    tokens = rng.integers(NUM_SPECIAL, args.vocab, size=(args.batch, args.seq))
+    masker = TokenMasker(MASKING, seed=args.seed, vocab_size=args.vocab, mask_id=MASK_ID,
+                         special_ids=frozenset(range(NUM_SPECIAL)))
+    batch = masker({"tokens": torch.from_numpy(tokens), "epoch": torch.zeros(args.batch, dtype=torch.long),
+                    "sample_ids": torch.arange(args.batch)})
+    labels = torch.full((args.batch * args.seq,), IGNORE_INDEX, dtype=torch.long)
+    labels[batch["target_index"]] = batch["targets"]
+    batch["labels"] = labels.view(args.batch, args.seq)
+    return {k: v.to(args.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def model_config(args: argparse.Namespace, **variant) -> TransformerConfig:
+    return TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
+                             layers=args.layers, d_ff=args.d_ff, dropout=0.1, max_len=512, **variant)
+
+
+def ours(args: argparse.Namespace, batch: dict) -> Contender:
+    cfg = model_config(args, embeddings="learned-bias", head_transform=True, output_bias=True)
+    objective = MaskedLM(TransformerLM(cfg), mask_rate=MASKING.mask_rate).to(args.device)
+
+    def loss() -> torch.Tensor:
+        loss_sum, count = objective(batch)["losses"]["lm"]
+        return loss_sum / count
+
+    return Contender("ours (MaskedLM)", objective, loss, objective.flops_per_token(args.seq))
+
+
+def full_logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets of [B, T, V] logits: how both peers compute their MLM loss."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def hf_bert(args: argparse.Namespace, batch: dict) -> Contender:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,
+                        num_attention_heads=args.heads, intermediate_size=args.d_ff, hidden_act="gelu",
+                        max_position_embeddings=512, pad_token_id=PAD_ID)
+    model = BertForMaskedLM(config).to(args.device)
+    flops = flops_per_token(model_config(args, head_transform=True), args.seq)
+    return Contender("HF BertForMaskedLM", model,
+                     lambda: full_logits_loss(model(input_ids=batch["inputs"]).logits, batch["labels"]), flops)
+
+
+def mead_tlm(args: argparse.Namespace, batch: dict) -> Contender:
+    # mead-baseline 2.4.2 still imports collections.Sequence & co., which Python 3.10 moved to collections.abc.
+    for name in collections.abc.__all__:
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    from baseline.pytorch.lm.model import TransformerMaskedLanguageModel
+    from eight_mile.pytorch.embeddings import (
+        LearnedPositionalLookupTableEmbeddingsWithBias,
+    )
+
+    embeddings = {"x": LearnedPositionalLookupTableEmbeddingsWithBias(vsz=args.vocab, dsz=args.d_model, mxlen=512)}
+    model = TransformerMaskedLanguageModel.create(
+        embeddings, tgt_key="x", src_keys=["x"], gpu=False, d_model=args.d_model, num_heads=args.heads,
+        layers=args.layers, d_ff=args.d_ff, dropout=0.1, embeddings_dropout=0.1, activation="gelu",
+        layer_norms_after=True, layer_norm_eps=1e-12, embeddings_reduction="sum-layer-norm", tie_weights=True,
+        output_bias=True).to(args.device)
+    flops = flops_per_token(model_config(args), args.seq)
+    return Contender("mead-baseline TransformerMaskedLanguageModel", model,
+                     lambda: full_logits_loss(model({"x": batch["inputs"]}, None)[0], batch["labels"]), flops)
+
+
+def time_round_robin(contenders: list[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per training step of each contender."""
+    cuda = args.device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for step in range(args.warmup + args.steps):
+        for contender in contenders:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with autocast:
+                contender.step()
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= args.warmup:
+                times[contender.name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
+    return f"CPU {platform.machine()} x {torch.get_num_threads()} threads, fp32"
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    batch = masked_batch(args)
+    contenders = [build(args, batch) for build in (ours, hf_bert, mead_tlm)]
+    seconds = time_round_robin(contenders, args)
+
+    tokens = args.batch * args.seq
+    peak = peak_bf16_flops(torch.cuda.get_device_name(args.device)) if args.device.startswith("cuda") else None
+    print(f"{time.strftime('%Y-%m-%d')} | torch {torch.__version__} | {describe_device(args.device)}")
+    print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {args.vocab}, T {args.seq}, "
+          f"B {args.batch}, {batch['targets'].numel()} targets; median of {args.steps} steps after "
+          f"{args.warmup} warm-up")
+    for contender in contenders:
+        tokens_per_s = tokens / seconds[contender.name]
+        line = f"{contender.name:46s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step"
+        if peak:
+            line += f"  MFU {mfu(contender.flops_per_token, tokens_per_s, peak, world_size=1):.1%}"
+        print(line)
+    fastest_peer = min(seconds[c.name] for c in contenders[1:])
+    print(f"ours / faster peer: {fastest_peer / seconds[contenders[0].name]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

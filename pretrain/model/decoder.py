@@ -1,0 +1,61 @@
+"""The decoder half of an encoder-decoder Transformer: causal self-attention, cross-attention over the
+encoder's states, feed-forward; word embeddings and output projection shared with the encoder."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.model.attention import MultiHeadAttention
+from pretrain.model.config import TransformerConfig
+from pretrain.model.embeddings import Embeddings
+from pretrain.model.transformer import FeedForward, init_bert_weights, residual
+
+
+class DecoderBlock(nn.Module):
+    """Three residual sublayers (pre- or post-LN as `cfg.norm` says): causal self-attention, attention
+    over the memory, feed-forward. Relative positions (rpr_k) apply to self-attention only: there is no
+    meaningful offset between a target position and a source position."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values)
+        self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
+        self.cross_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
+        # Right padding needs no self-attention mask: under the causal mask a real target never sees a pad.
+        x = residual(x, lambda h: self.self_attn(h, causal=True), self.self_attn_norm, self.dropout,
+                     self.pre_norm)
+        x = residual(x, lambda h: self.cross_attn(h, memory_mask, memory=memory), self.cross_attn_norm,
+                     self.dropout, self.pre_norm)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+
+
+class TransformerDecoder(nn.Module):
+    """tokens [B, T] + memory [B, S, D] -> hidden [B, T, D]; `logits` projects through the shared word
+    embeddings (the tied output projection)."""
+
+    def __init__(self, cfg: TransformerConfig, embeddings: Embeddings) -> None:
+        super().__init__()
+        self.embeddings = embeddings  # the encoder's module: one vocabulary table for both sides
+        self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        # Only the decoder's own modules: the shared embeddings were initialised by their owner.
+        self.layers.apply(init_bert_weights)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """memory_mask: [B, S] bool, True at real source tokens; None = no source padding."""
+        x = self.embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, memory, memory_mask)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.embeddings.word.weight)
