@@ -1,0 +1,91 @@
+"""Reading exports back: a model and its tokenizer for fine-tuning, or weights to start training from.
+
+Both formats restore exactly the exported parameters, so the reloaded model's outputs are bit-identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipeline.errors import UserError
+from data_pipeline.tokenizer import TokenizerSpec
+from export.exporter import OUTPUT_NAMES
+from export.manifest import Manifest, resolve_tokenizer
+from export.npz import read_npz
+from export.torch_format import read_torch
+from pretrain.checkpoint import load_module_state
+from pretrain.model import TransformerLM
+
+# Settings that may differ between an export and the model initialised from it: they change training,
+# not the function the weights compute.
+TRAINING_ONLY_SETTINGS = frozenset({"dropout"})
+
+
+def export_file(path: str | Path) -> Path:
+    """The export file `path` names: itself, or in an export directory model.pt, else model.npz."""
+    path = Path(path)
+    if path.is_dir():
+        for fmt in ("torch", "npz"):
+            if (path / OUTPUT_NAMES[fmt]).is_file():
+                return path / OUTPUT_NAMES[fmt]
+        raise UserError(f"{path}: no {OUTPUT_NAMES['torch']} or {OUTPUT_NAMES['npz']} in this directory; "
+                        "pass an export directory or file written by `python -m export`")
+    return path
+
+
+def read_export(path: str | Path) -> tuple[Manifest, dict[str, torch.Tensor], dict[str, bytes], Path]:
+    """(manifest, model state dict, tokenizer files, file read) of an .npz or .pt export (or its directory)."""
+    path = export_file(path)
+    if path.suffix == ".npz":
+        return (*read_npz(path), path)
+    if path.suffix == ".pt":
+        return (*read_torch(path), path)
+    raise UserError(f"{path}: unknown export type {path.suffix!r}: pass a .npz or .pt export or its directory")
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, TokenizerSpec]:
+    """The exported model (a TransformerLM, DualEncoder or Seq2Seq, in train mode, on the CPU) and the spec
+    of the tokenizer it was trained with."""
+    manifest, state, files, path = read_export(path)
+    model = manifest.build_model()
+    load_module_state(model, state, path)
+    return model, resolve_tokenizer(manifest, files, path.parent)
+
+
+def _encoder_state(manifest: Manifest, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of the export's TransformerLM (the model itself, or the encoder inside it)."""
+    prefix = manifest.kind.encoder_prefix
+    return {key[len(prefix):]: tensor for key, tensor in state.items() if key.startswith(prefix)}
+
+
+def load_encoder(path: str | Path) -> tuple[TransformerLM, TokenizerSpec]:
+    """The TransformerLM of any export (a language model, or the encoder of a dual encoder or
+    encoder-decoder) and its tokenizer's spec: what a fine-tuning script puts a new head on."""
+    manifest, state, files, path = read_export(path)
+    model = TransformerLM(manifest.encoder_config())
+    load_module_state(model, _encoder_state(manifest, state), path)
+    return model, resolve_tokenizer(manifest, files, path.parent)
+
+
+def init_from(model: TransformerLM, path: str | Path, expected_fingerprint: str | None = None) -> None:
+    """Load an export's weights into `model` to start training from them (`init_from` in a trainer config).
+
+    The export may hold a TransformerLM or a DualEncoder / Seq2Seq, whose encoder is then used. It must
+    be the same Transformer: every setting but dropout equal (so that, say, a pre-LN export does not
+    silently initialise a post-LN model) and, when `expected_fingerprint` is given (the trainer's
+    tokenizer), the same vocab. Any mismatch is one UserError naming the setting or key.
+    """
+    manifest, state, _, path = read_export(path)
+    ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(manifest.encoder_config())
+    for name in ours:
+        if name not in TRAINING_ONLY_SETTINGS and ours[name] != theirs[name]:
+            raise UserError(f"init_from {path}: model.{name} is {ours[name]!r} here but {theirs[name]!r} in the "
+                            f"export: set model.{name}={theirs[name]!r} to start from it")
+    if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
+        raise UserError(f"init_from {path}: the export was trained with tokenizer {manifest.tokenizer_fingerprint}, "
+                        f"this run's tokenizer is {expected_fingerprint}: use the export's vocab files "
+                        f"(written beside it)")
+    load_module_state(model, _encoder_state(manifest, state), path)

@@ -1,0 +1,194 @@
+"""What every export carries besides its weights: the model's class and config, and its tokenizer.
+
+The NPZ and torch formats both store this manifest and the tokenizer files' bytes, so a single exported
+file is enough to rebuild the model and the exact tokenizer it was trained with. The same files are also
+written beside the export for people and other tools; when they are missing (only the .npz or .pt was
+copied) the embedded bytes are unpacked into a cache directory keyed by the vocab fingerprint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from data_pipeline.errors import UserError
+from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, load_tokenizer
+from export.atomic import atomic_write_bytes
+from pretrain.model import TransformerConfig, TransformerLM
+from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
+from pretrain.objectives.seq2seq import Seq2Seq
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "pretrain-service-export"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A model class an export can hold: its config as plain data, and how to rebuild it from that."""
+
+    cls: type[nn.Module]
+    config_of: Callable[[Any], dict[str, Any]]
+    build: Callable[[dict[str, Any]], nn.Module]
+    encoder_prefix: str  # where its TransformerLM sits in its state dict ("" = it is one)
+
+    def encoder_config(self, config: dict[str, Any]) -> TransformerConfig:
+        return TransformerConfig(**(config["model"] if self.encoder_prefix else config))
+
+
+def _tlm_config(model: TransformerLM) -> dict[str, Any]:
+    return dataclasses.asdict(model.cfg)
+
+
+def _tlm(config: dict[str, Any]) -> TransformerLM:
+    return TransformerLM(TransformerConfig(**config))
+
+
+def _dual_encoder_config(model: DualEncoder) -> dict[str, Any]:
+    return {"model": dataclasses.asdict(model.model.cfg), "dual_encoder": dataclasses.asdict(model.cfg),
+            "pad_id": model.pad_id}
+
+
+def _dual_encoder(config: dict[str, Any]) -> DualEncoder:
+    heads = dict(config["dual_encoder"], projection_hidden=tuple(config["dual_encoder"]["projection_hidden"]))
+    return DualEncoder(_tlm(config["model"]), DualEncoderConfig(**heads), pad_id=config["pad_id"])
+
+
+def _seq2seq_config(model: Seq2Seq) -> dict[str, Any]:
+    return {"model": dataclasses.asdict(model.encoder.cfg), "pad_id": model.pad_id, "start_id": model.start_id,
+            "end_id": model.end_id}
+
+
+def _seq2seq(config: dict[str, Any]) -> Seq2Seq:
+    return Seq2Seq(_tlm(config["model"]), pad_id=config["pad_id"], start_id=config["start_id"],
+                   end_id=config["end_id"])
+
+
+MODEL_KINDS = {
+    "TransformerLM": ModelKind(TransformerLM, _tlm_config, _tlm, encoder_prefix=""),
+    "DualEncoder": ModelKind(DualEncoder, _dual_encoder_config, _dual_encoder, encoder_prefix="model."),
+    "Seq2Seq": ModelKind(Seq2Seq, _seq2seq_config, _seq2seq, encoder_prefix="encoder."),
+}
+
+# Fixed names of the tokenizer files inside an export, in fingerprint order (vocab first, then codes).
+TOKENIZER_FILES = {"wordpiece": ("vocab.txt",), "bpe": ("bpe.vocab", "bpe.codes")}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The model class and config, and the tokenizer (kind, lowercasing, fingerprint of its files)."""
+
+    model: str
+    config: dict[str, Any]
+    tokenizer_kind: str
+    tokenizer_lowercase: bool
+    tokenizer_fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: Path) -> Manifest:
+        """Parse a stored manifest; a file of another format or version is a UserError."""
+        if not isinstance(raw, Mapping) or raw.get("format") != FORMAT_NAME:
+            raise UserError(f"{source}: not an export of this project (no {FORMAT_NAME} manifest); "
+                            "export it with `python -m export`")
+        if raw.get("version") != FORMAT_VERSION:
+            raise UserError(f"{source}: export format version {raw.get('version')}, this code reads "
+                            f"{FORMAT_VERSION}: re-export it with this version")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in raw]
+        if missing:
+            raise UserError(f"{source}: export manifest lacks {', '.join(missing)}: the file is damaged; re-export it")
+        manifest = cls(**{name: raw[name] for name in names})
+        if manifest.model not in MODEL_KINDS:
+            raise UserError(f"{source}: unknown model class {manifest.model!r}; this code knows "
+                            f"{', '.join(MODEL_KINDS)}")
+        if manifest.tokenizer_kind not in TOKENIZER_FILES:
+            raise UserError(f"{source}: unknown tokenizer kind {manifest.tokenizer_kind!r}")
+        return manifest
+
+    @property
+    def kind(self) -> ModelKind:
+        return MODEL_KINDS[self.model]
+
+    def _from_config(self, make: Callable[[dict[str, Any]], Any]) -> Any:
+        try:
+            return make(self.config)
+        except (TypeError, KeyError) as err:  # a setting this version does not know, or lacks
+            raise UserError(f"the export's model config does not fit this code ({err}): load it with the "
+                            "version that wrote it") from None
+
+    def encoder_config(self) -> TransformerConfig:
+        """The config of the TransformerLM in the export (the model, or the encoder inside it)."""
+        return self._from_config(self.kind.encoder_config)
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model of the exported class and config (load the weights next)."""
+        return self._from_config(self.kind.build)
+
+
+def describe(model: nn.Module, spec: TokenizerSpec) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest of `model` trained with `spec`, and the tokenizer files' bytes by their export names.
+
+    Refuses a tokenizer whose vocab size differs from the model's: the export would pair the weights
+    with the wrong ids.
+    """
+    name = type(model).__name__
+    if name not in MODEL_KINDS or not isinstance(model, MODEL_KINDS[name].cls):
+        raise UserError(f"cannot export a {name}: exports hold {', '.join(MODEL_KINDS)}")
+    config = MODEL_KINDS[name].config_of(model)
+    vocab_size = MODEL_KINDS[name].encoder_config(config).vocab_size
+    tokenizer = load_tokenizer(spec)
+    if tokenizer.vocab_size != vocab_size:
+        raise UserError(f"tokenizer {spec.vocab} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+                        f"is {vocab_size}: export with the tokenizer the model was trained with")
+    sources = (spec.vocab,) if spec.kind == "wordpiece" else (spec.vocab, spec.codes)
+    files = {export_name: Path(source).read_bytes()
+             for export_name, source in zip(TOKENIZER_FILES[spec.kind], sources)}
+    manifest = Manifest(model=name, config=config, tokenizer_kind=spec.kind,
+                        tokenizer_lowercase=spec.lowercase, tokenizer_fingerprint=tokenizer.fingerprint)
+    return manifest, files
+
+
+def write_tokenizer_files(files: Mapping[str, bytes], directory: Path) -> None:
+    for export_name, data in files.items():
+        atomic_write_bytes(directory / export_name, data)
+
+
+def _spec_in(manifest: Manifest, directory: Path) -> TokenizerSpec | None:
+    """The spec of the manifest's tokenizer files in `directory`, if they are all there and unchanged."""
+    paths = [directory / name for name in TOKENIZER_FILES[manifest.tokenizer_kind]]
+    if not all(path.is_file() for path in paths) or files_fingerprint(*paths) != manifest.tokenizer_fingerprint:
+        return None
+    return TokenizerSpec(kind=manifest.tokenizer_kind, vocab=str(paths[0]),
+                         codes=str(paths[1]) if len(paths) > 1 else None, lowercase=manifest.tokenizer_lowercase)
+
+
+def resolve_tokenizer(manifest: Manifest, files: Mapping[str, bytes], beside: Path) -> TokenizerSpec:
+    """The tokenizer spec of an export: its files in `beside` if they match the fingerprint, else the
+    embedded bytes unpacked into a per-fingerprint cache directory."""
+    spec = _spec_in(manifest, beside)
+    if spec is not None:
+        return spec
+    expected = TOKENIZER_FILES[manifest.tokenizer_kind]
+    if set(files) != set(expected):
+        raise UserError(f"{beside}: the export's tokenizer files ({', '.join(expected)}) are neither beside it "
+                        "nor embedded in it: copy them next to the export")
+    cache = Path(tempfile.gettempdir()) / "pretrain-service-tokenizers" / manifest.tokenizer_fingerprint
+    spec = _spec_in(manifest, cache)
+    if spec is None:
+        write_tokenizer_files(files, cache)
+        spec = _spec_in(manifest, cache)
+    if spec is None:
+        raise UserError(f"the tokenizer files embedded in the export in {beside} do not match its fingerprint "
+                        f"{manifest.tokenizer_fingerprint}: the export is damaged; re-export it")
+    log.info("tokenizer files of the export in %s unpacked into %s", beside, cache)
+    return spec

@@ -1,0 +1,67 @@
+"""HF exports loaded by transformers itself give our logits; models that do not map are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel
+
+from data_pipeline.errors import UserError
+from data_pipeline.tokenizer import load_tokenizer
+from export import check_formats, export_model
+from tests.export.helpers import random_model, token_batch
+
+BERT = dict(head_transform=True)
+GPT2 = dict(norm="pre", embeddings_layer_norm=False)
+
+
+def load_hf(model_class, directory):
+    hf, info = model_class.from_pretrained(directory, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    return hf.eval()
+
+
+@pytest.mark.parametrize("variant", [dict(BERT), dict(BERT, output_bias=True, embeddings="learned-bias")], ids=str)
+def test_bert_export_gives_our_mlm_logits_in_transformers(variant, vocab_spec, tmp_path):
+    model = random_model(**variant)
+    hf = load_hf(BertForMaskedLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch()
+    padding = torch.ones_like(tokens, dtype=torch.bool)
+    padding[0, 8:] = False
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens, attention_mask=padding.long()).logits
+        ours = model.logits(model(tokens, padding_mask=padding))
+    torch.testing.assert_close(theirs[padding], ours[padding], rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_export_gives_our_causal_logits_in_transformers(vocab_spec, tmp_path):
+    model = random_model(**GPT2, d_ff=48)
+    hf = load_hf(GPT2LMHeadModel, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens).logits
+        ours = model.logits(model(tokens, causal=True))
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_hf_directory_tokenizes_like_our_tokenizer(vocab_spec, tmp_path):
+    directory = export_model(random_model(**BERT), vocab_spec, tmp_path, ["hf"])["hf"]
+    text = "Tok3 tok12 tok5tok7 unknown tok60"
+    hf_ids = AutoTokenizer.from_pretrained(directory)(text, add_special_tokens=False)["input_ids"]
+    assert hf_ids == load_tokenizer(vocab_spec).encode(text)
+
+
+@pytest.mark.parametrize("variant, setting", [
+    (dict(), "model.head_transform=False"),
+    (dict(BERT, rpr_k=2), "model.rpr_k=2"),
+    (dict(BERT, embeddings="sinusoidal"), "model.embeddings='sinusoidal'"),
+    (dict(GPT2, output_bias=True), "model.output_bias=True"),
+    (dict(GPT2, embeddings="learned-bias"), "model.embeddings='learned-bias'"),
+    (dict(norm="pre"), "model.embeddings_layer_norm=True"),
+], ids=str)
+def test_a_model_hf_cannot_hold_is_refused_naming_the_setting(variant, setting, vocab_spec, tmp_path):
+    model = random_model(**variant)
+    with pytest.raises(UserError, match=f"cannot hold {setting}"):
+        check_formats(model, ["npz", "hf"])
+    with pytest.raises(UserError, match=f"cannot hold {setting}"):
+        export_model(model, vocab_spec, tmp_path, ["npz", "hf"])
+    assert not (tmp_path / "model.npz").exists()
