@@ -81,6 +81,8 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/default"
     tensorboard: bool = True
+    export_formats: tuple[str, ...] = ("npz", "torch")   # written to run_dir/export at the end; () = none
+    init_from: str = ""                # an export (model.npz / model.pt / its directory) to start from
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum_steps", "log_every", "eval_batches", "keep_checkpoints",

@@ -10,18 +10,21 @@ import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from data_pipeline.errors import run_cli
+from export.exporter import check_formats, export_model
+from export.loading import init_from
 from data_pipeline.readers import Transform
 from data_pipeline.tokenizer import Tokenizer, load_tokenizer
 from pretrain.config import load_config, to_dict
 from pretrain.data import build_datasets, resolve_sample_data
 from pretrain.distributed import init_distributed, shutdown_distributed
 from pretrain.metrics import setup_logging
-from pretrain.trainer import TrainResult, seed_everything, train
+from pretrain.trainer import ExportHook, TrainResult, seed_everything, train
 
 log = logging.getLogger("pretrain")
 
@@ -49,15 +52,29 @@ def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
         seed_everything(cfg.train.seed)  # the same initial weights on every rank and every run
         objective, transform = recipe.build_objective(cfg, tokenizer)
+        check_formats(objective.export_model(), cfg.train.export_formats)  # fail now, not after the run
+        if cfg.train.init_from:
+            init_from(objective.export_model(), cfg.train.init_from, expected_fingerprint=tokenizer.fingerprint)
         train_data, valid_data = build_datasets(cfg.data, tokenizer, env, seed=cfg.train.seed, paired=paired,
                                                 transform=transform)
         resolved = to_dict(cfg)
         if env.is_main:
             log.info("%s on %d process(es), device %s; %.1fM parameters", recipe.prog, env.world_size,
                      env.device, sum(p.numel() for p in objective.parameters()) / 1e6)
-        return train(objective, train_data, valid_data, cfg.train, cfg.optim, env, resolved)
+        return train(objective, train_data, valid_data, cfg.train, cfg.optim, env, resolved,
+                     export=export_hook(tokenizer, cfg.train.export_formats))
     finally:
         shutdown_distributed()
+
+
+def export_hook(tokenizer: Tokenizer, formats: Sequence[str]) -> ExportHook | None:
+    """Writes the trained model to run_dir/export in `formats` once a run completes (rank 0)."""
+    if not formats:
+        return None
+
+    def export(objective: nn.Module, run_dir: Path) -> None:
+        export_model(objective.export_model(), tokenizer.spec, run_dir / "export", formats)
+    return export
 
 
 def main_for(recipe: Recipe) -> Callable[[Sequence[str] | None], int]:
