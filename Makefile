@@ -1,5 +1,5 @@
 # One command to set up and run the tiny pretraining job, one to set up and run the tests.
-#   make demo    # venv + install, then sample corpus -> vocab -> shards -> tiny MLM run -> checkpoints
+#   make demo    # venv + install, then sample corpus -> vocab -> shards -> tiny MLM run -> checkpoints -> export
 #   make test    # venv + install + pytest
 PYTHON ?= python3
 VENV   ?= .venv
