@@ -34,7 +34,7 @@ from data_pipeline.errors import DataError
 from data_pipeline.preprocess import preprocess
 from data_pipeline.shards import SHARD_GLOB
 from data_pipeline.vocab_learning import learn_vocab, vocab_files
-from export.atomic import atomic_write_bytes
+from data_pipeline.atomic_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})

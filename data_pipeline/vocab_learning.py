@@ -33,7 +33,7 @@ from data_pipeline import bpe, wordpiece
 from data_pipeline.errors import UserError
 from data_pipeline.text_files import LineCounts, iter_lines
 from data_pipeline.tokenizer import TOKENIZER_KINDS, TokenizerSpec
-from export.atomic import atomic_write_bytes
+from data_pipeline.atomic_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 _REPEATS_PER_STRING = 4096  # how a word's count is fed to HF: bounded strings of the word repeated

@@ -18,7 +18,7 @@ import torch
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import Tokenizer
-from export.atomic import atomic_write_bytes
+from data_pipeline.atomic_files import atomic_write_bytes
 from export.safetensors_file import save_safetensors
 from pretrain.model import TransformerConfig, TransformerLM
 

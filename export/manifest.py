@@ -19,7 +19,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, load_tokenizer
-from export.atomic import atomic_write_bytes
+from data_pipeline.atomic_files import atomic_write_bytes
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
 from pretrain.objectives.seq2seq import Seq2Seq

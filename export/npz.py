@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from data_pipeline.errors import UserError
-from export.atomic import atomic_open
+from data_pipeline.atomic_files import atomic_open
 from export.eight_mile import from_arrays, to_arrays
 from export.manifest import Manifest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from export.atomic import atomic_open
+from data_pipeline.atomic_files import atomic_open
 
 _DTYPES = {
     torch.float32: "F32",

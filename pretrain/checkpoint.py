@@ -11,7 +11,6 @@ never a partial file under a checkpoint name.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import threading
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_pipeline.atomic_files import atomic_open
 from data_pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "step", "objective", "optimizer", "scheduler", "data", "rng", "config")
 _NAME = re.compile(r"ckpt-(\d{8,})\.pt")
-_TEMP_GLOB = ".ckpt-*.pt.tmp"
+_TEMP_GLOB = "ckpt-*.pt.tmp"
 
 
 class CheckpointError(UserError):
@@ -193,21 +193,8 @@ class CheckpointWriter:
 
 def write_atomically(path: Path, state: Mapping[str, Any]) -> None:
     """torch.save `state` to `path` so that `path` is either absent/old or complete, even on a crash."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_open(path) as handle:
+        torch.save(state, handle)
 
 
 def _first_line(err: BaseException) -> str:

@@ -132,7 +132,7 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"
-        assert (tmp_path / ".ckpt-00000002.pt.tmp").exists()
+        assert (tmp_path / "ckpt-00000002.pt.tmp").exists()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

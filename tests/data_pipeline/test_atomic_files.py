@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from export.atomic import atomic_open, atomic_write_bytes
+from data_pipeline.atomic_files import atomic_open, atomic_write_bytes
 
 
 def test_write_replaces_the_file_and_leaves_no_temp_file(tmp_path):
