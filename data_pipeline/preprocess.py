@@ -152,7 +152,7 @@ def _paired_fields(text: str) -> tuple[str, str] | str:
     return fields[0], fields[1]
 
 
-def _chunks(inputs: Sequence[str | Path], paired: bool, errors: str,
+def read_chunks(inputs: Sequence[str | Path], paired: bool, errors: str,
             chunk_chars: int = CHUNK_CHARS) -> Iterator[_Chunk]:
     """Lines cut into chunks of about `chunk_chars`, each carrying the counts gathered since the last one."""
     counts = LineCounts()
@@ -260,7 +260,7 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
         sink = _ShardSink(staging, tokenizer, paired, max_shard_tokens)
         # tqdm's default (progress=None) shows the bar only on a terminal.
         with tqdm(unit=" docs", unit_scale=True, disable=None if progress is None else not progress) as bar:
-            for encoded in _encoded(_chunks(inputs, paired, errors, chunk_chars), tokenizer, processes):
+            for encoded in _encoded(read_chunks(inputs, paired, errors, chunk_chars), tokenizer, processes):
                 sink.write(encoded)
                 bar.update(encoded.num_docs)
         sink.close()

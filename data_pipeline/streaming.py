@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from data_pipeline.errors import DataError
-from data_pipeline.preprocess import _chunks, encode_chunk
+from data_pipeline.preprocess import encode_chunk, read_chunks
 from data_pipeline.readers import Batch, Transform, check_batching, pad_pairs, restored_cursor, worker_slices
 from data_pipeline.text_files import expand_inputs
 from data_pipeline.tokenizer import Tokenizer
@@ -107,7 +107,7 @@ class TextStreamDataset(IterableDataset):
         """One pass over the text: nctx blocks of the separated token stream, or truncated pairs."""
         leftover = np.empty(0, dtype=np.int64)
         separator = np.array([self.tokenizer.sep_id], dtype=np.int64)
-        for chunk in _chunks(self.inputs, self.paired, self.errors):
+        for chunk in read_chunks(self.inputs, self.paired, self.errors):
             docs = encode_chunk(self.tokenizer, chunk).docs()
             if self.paired:
                 yield from ((left[:self.nctx].astype(np.int64), right[:self.nctx].astype(np.int64))
