@@ -1,0 +1,73 @@
+"""Encoder-decoder trained with teacher forcing to generate the response (right) from the context (left).
+
+The decoder reads start + response and predicts response + end (the trainer uses the tokenizer's [CLS] as
+start and its separator, WordPiece [SEP] or BPE <EOS>, as end), so it learns where a response stops;
+encoder and decoder share one embedding module, which is also the output projection.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from data_pipeline.errors import UserError
+from pretrain.model.decoder import TransformerDecoder
+from pretrain.model.flops import flops_per_token
+from pretrain.model.lm import TransformerLM
+from pretrain.objectives.language_modeling import token_cross_entropy
+from pretrain.objectives.masking import IGNORE_INDEX
+
+
+def teacher_forcing(right: torch.Tensor, pad_id: int, start_id: int,
+                    end_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoder inputs, targets), both [B, T + 1]: inputs are start + response, targets are response + end,
+    with IGNORE_INDEX after the end."""
+    lengths = (right != pad_id).sum(1, keepdim=True)
+    inputs = torch.cat([torch.full_like(right[:, :1], start_id), right], dim=1)
+    targets = torch.cat([right, torch.full_like(right[:, :1], pad_id)], dim=1)
+    targets = targets.scatter(1, lengths, end_id)
+    positions = torch.arange(targets.shape[1], device=right.device)
+    return inputs, targets.masked_fill(positions > lengths, IGNORE_INDEX)
+
+
+class Seq2Seq(nn.Module):
+    """batch {left, right} -> token cross-entropy of the response given the context ("lm", with ppl)."""
+
+    loss_weights = {"lm": 1.0}
+    perplexity_terms = ("lm",)
+
+    def __init__(self, encoder: TransformerLM, *, pad_id: int, start_id: int, end_id: int) -> None:
+        super().__init__()
+        if encoder.cfg.head_transform or encoder.cfg.output_bias:
+            raise UserError("model.head_transform and model.output_bias are not used by the encoder-decoder "
+                            "(its output projection is the shared embeddings): set both to false")
+        self.encoder = encoder
+        self.decoder = TransformerDecoder(encoder.cfg, encoder.encoder.embeddings)
+        self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
+
+    def forward(self, batch: dict) -> dict:
+        left, right = batch["left"], batch["right"]
+        max_len = self.encoder.cfg.max_len
+        if right.shape[1] >= max_len:
+            raise UserError(f"responses of {right.shape[1]} tokens plus the start token exceed model.max_len="
+                            f"{max_len}: set data.nctx below model.max_len")
+        source_mask = left != self.pad_id
+        memory = self.encoder(left, padding_mask=source_mask)
+        inputs, targets = teacher_forcing(right, self.pad_id, self.start_id, self.end_id)
+        out = token_cross_entropy(self.decoder.logits(self.decoder(inputs, memory, source_mask)), targets)
+        out["tokens"] = left.numel() + inputs.numel()
+        return out
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Matmul FLOPs per token for contexts and responses of `seq_len` tokens each, averaged over the two
+        sides: the encoder; the decoder with its output projection and its cross-attention (per layer and
+        target token, forward: 8 D^2 for the Q, O and the memory's K, V projections, 4 T D for attending over
+        the memory; x3 for training)."""
+        cfg = self.encoder.cfg
+        cross = 3 * cfg.layers * (8 * cfg.d_model ** 2 + 4 * seq_len * cfg.d_model)
+        encoder = flops_per_token(cfg, seq_len, output_fraction=0.0)
+        decoder = flops_per_token(cfg, seq_len) + cross
+        return (encoder + decoder) / 2
+
+    def export_model(self) -> TransformerLM:
+        """The encoder, with the shared embeddings (the decoder stays in the training checkpoint)."""
+        return self.encoder

@@ -1,0 +1,122 @@
+"""ELECTRA: generator sizing and embedding sharing, the masking recipe, sampling, replaced-token labels,
+the two loss terms and what gets exported."""
+import numpy as np
+import pytest
+import torch
+
+from pretrain.config import ConfigError
+from pretrain.model import TransformerConfig, TransformerLM
+from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, generator_config,
+                                         sample_tokens)
+from pretrain.objectives.masking import TokenMasker
+
+VOCAB, PAD, MASK = 60, 0, 4
+SPECIALS = frozenset(range(5))
+MODEL = TransformerConfig(vocab_size=VOCAB, d_model=32, num_heads=4, layers=2, d_ff=64, max_len=16, dropout=0.0)
+
+
+def electra(**overrides) -> Electra:
+    torch.manual_seed(0)
+    return Electra(TransformerLM(MODEL), ElectraConfig(**overrides), pad_id=PAD, special_ids=SPECIALS)
+
+
+def masked_batch(rows: int = 4, seq: int = 16, seed: int = 0, **overrides) -> dict:
+    tokens = torch.from_numpy(np.random.default_rng(seed).integers(5, VOCAB, size=(rows, seq)))
+    masker = TokenMasker(ElectraConfig(**overrides).masking(), seed=3, vocab_size=VOCAB, mask_id=MASK,
+                         special_ids=SPECIALS)
+    return ReplacementMasker(masker)({"tokens": tokens, "sample_ids": torch.arange(rows),
+                                      "epoch": torch.zeros(rows, dtype=torch.long), "cursor": rows})
+
+
+def test_generator_is_a_fraction_of_the_discriminator_with_its_head_width():
+    base = TransformerConfig(vocab_size=100, d_model=768, num_heads=12, d_ff=3072, layers=12)
+    generator = generator_config(base, ElectraConfig(generator_fraction=1 / 3))
+    assert (generator.d_model, generator.num_heads, generator.d_ff, generator.layers) == (256, 4, 1024, 12)
+    small = generator_config(base, ElectraConfig(generator_layers=4))
+    assert (small.d_model, small.num_heads, small.layers) == (192, 3, 4)
+
+
+def test_generator_reads_and_writes_the_discriminators_word_table():
+    model = electra()
+    word = model.discriminator.encoder.embeddings.word
+    assert model.generator.word_table() is word.weight
+    assert sum(p is word.weight for p in model.parameters()) == 1  # one parameter, trained by both losses
+    unshared = electra(share_embeddings=False)
+    assert unshared.generator.word_table().shape == (VOCAB, 8)
+
+
+def test_targets_are_masked_85_percent_and_otherwise_kept_never_randomised():
+    batch = masked_batch(rows=64, seq=16)
+    originals, corrupted = batch["targets"], batch["inputs"].reshape(-1)[batch["target_index"]]
+    masked = (corrupted == MASK).float().mean().item()
+    assert masked == pytest.approx(0.85, abs=0.05)
+    assert torch.equal(corrupted[corrupted != MASK], originals[corrupted != MASK])
+
+
+def test_sampling_uniforms_depend_only_on_seed_epoch_and_sample():
+    full = masked_batch(rows=6)
+    masker = ReplacementMasker(TokenMasker(ElectraConfig().masking(), seed=3, vocab_size=VOCAB, mask_id=MASK,
+                                           special_ids=SPECIALS))
+    last_four = {"tokens": full["tokens"][2:], "sample_ids": torch.arange(2, 6),
+                 "epoch": torch.zeros(4, dtype=torch.long), "cursor": 6}
+    assert full["sampling_uniform"].shape == full["targets"].shape
+    assert torch.equal(masker(last_four)["sampling_uniform"], full["sampling_uniform"][full["target_index"] >= 32])
+    next_epoch = dict(last_four, epoch=torch.ones(4, dtype=torch.long))
+    assert not torch.equal(masker(next_epoch)["sampling_uniform"], masker(last_four)["sampling_uniform"])
+
+
+def test_sampling_follows_the_softmax_and_never_draws_a_banned_token():
+    logits = torch.tensor([[0.0, 2.0, 1.0, 0.5, 8.0]]).expand(10000, 5)
+    banned = torch.tensor([False, False, False, False, True])
+    uniform = (torch.arange(10000) + 0.5) / 10000  # evenly spread: counts match the probabilities exactly
+    counts = torch.bincount(sample_tokens(logits, uniform, banned), minlength=5)
+    expected = torch.softmax(logits[0, :4], -1) * 10000
+    assert counts[4] == 0
+    torch.testing.assert_close(counts[:4].float(), expected, atol=1.0, rtol=0)
+    edge = sample_tokens(logits[:2], torch.tensor([0.0, 1.0 - 2 ** -24]), banned)
+    assert edge.tolist() == [0, 3]
+
+
+def test_a_sample_equal_to_the_original_is_not_counted_as_replaced():
+    model = electra()
+    batch = masked_batch()
+
+    def certain_logits(hidden: torch.Tensor) -> torch.Tensor:  # the generator always guesses right
+        return torch.nn.functional.one_hot(batch["targets"], VOCAB).float() * 100.0
+    model.generator.logits = certain_logits
+    metrics = model(batch)["metrics"]
+    assert metrics["replaced_rate"][0] == 0
+    assert metrics["replaced_recall"][1] == 0
+
+
+def test_losses_metrics_and_weights():
+    model = electra(discriminator_weight=50.0)
+    out = model(masked_batch())
+    assert model.loss_weights == {"generator": 1.0, "discriminator": 50.0}
+    assert out["losses"]["discriminator"][1] == 4 * 16  # every non-padding position
+    assert out["losses"]["generator"][1] == masked_batch()["targets"].numel()
+    assert set(out["metrics"]) == {"generator_accuracy", "discriminator_accuracy", "replaced_precision",
+                                   "replaced_recall", "replaced_rate"}
+    hits, total = out["metrics"]["replaced_recall"]
+    assert 0 <= hits <= total <= out["losses"]["generator"][1]
+
+
+def test_no_gradient_flows_through_the_sample():
+    model = electra()
+    loss_sum, _ = model(masked_batch())["losses"]["discriminator"]
+    loss_sum.backward()
+    assert all(p.grad is None for p in model.generator.encoder.layers.parameters())
+    assert model.discriminator.encoder.embeddings.word.weight.grad is not None
+
+
+def test_export_is_the_discriminator():
+    model = electra()
+    assert model.export_model() is model.discriminator
+    assert isinstance(model.export_model(), TransformerLM)
+
+
+def test_bad_recipe_values_are_config_errors():
+    with pytest.raises(ConfigError, match="generator_fraction=0 must be in"):
+        ElectraConfig(generator_fraction=0)
+    with pytest.raises(ConfigError, match="discriminator_weight"):
+        ElectraConfig(discriminator_weight=0)
