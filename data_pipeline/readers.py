@@ -181,6 +181,16 @@ class ShardedDataset(IterableDataset):
         self._start = 0
 
     @property
+    def preprocessing_stats(self) -> dict[str, int]:
+        """What preprocessing counted over every shard read here (skipped and repaired lines, ...)."""
+        totals: dict[str, int] = {}
+        for source in self.sources:
+            for shard in source.shards:
+                for name, count in shard.header.stats.items():
+                    totals[name] = totals.get(name, 0) + count
+        return totals
+
+    @property
     def samples_per_epoch(self) -> int:
         """N: positions per (mixture) epoch."""
         return self._mixture.total

@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import io
 import logging
@@ -169,6 +170,14 @@ def prepare_sample_data(out_dir: str | Path, kind: str = "wordpiece", vocab_size
     `paired_valid` (shard directories).
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Pods of one job may share out_dir on a volume: the first to get the lock builds, the rest find it done.
+    with open(out_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare_locked(out_dir, kind, vocab_size, processes)
+
+
+def _prepare_locked(out_dir: Path, kind: str, vocab_size: int, processes: int | None) -> dict[str, Path]:
     corpus = SampleCorpus.in_dir(out_dir / "corpus")
     if corpus.exists():
         log.info("%s: sample corpus exists, kept", corpus.train.parent)

@@ -1,6 +1,7 @@
 """The `data` section every trainer shares, and the readers it builds for this rank."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -13,6 +14,8 @@ from data_pipeline.sample_corpus import prepare_sample_data
 from data_pipeline.streaming import TextStreamDataset
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
 from pretrain.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ def resolve_sample_data(cfg: DataConfig, paired: bool, env: DistEnv) -> DataConf
                    format="shards", tokenizer=tokenizer)
 
 
+def log_skipped_lines(name: str, stats: dict[str, int]) -> None:
+    """Report what preprocessing skipped or repaired, so that no dropped line goes unnoticed."""
+    flagged = {key: count for key, count in sorted(stats.items()) if count and key not in ("files", "lines_read")}
+    if flagged:
+        log.warning("%s: preprocessing skipped or repaired lines: %s", name,
+                    ", ".join(f"{key}={count}" for key, count in flagged.items()))
+
+
 def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, env: DistEnv, *, seed: int, paired: bool,
                    transform: Transform | None) -> tuple[IterableDataset, IterableDataset | None]:
     """The endless shuffled training stream and the single ordered validation pass for this rank."""
@@ -92,6 +103,9 @@ def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, env: DistEnv, *, seed:
     shards = dict(common, pad_id=tokenizer.pad_id, expected_fingerprint=tokenizer.fingerprint)
     train = ShardedDataset(list(cfg.train), weights=list(cfg.weights) or None, seed=seed, **shards)
     valid = ShardedDataset(list(cfg.valid), shuffle=False, epochs=1, **shards) if cfg.valid else None
+    for name, dataset in (("data.train", train), ("data.valid", valid)):
+        if dataset is not None and env.is_main:
+            log_skipped_lines(name, dataset.preprocessing_stats)
     if train.paired != paired:
         want, got = ("paired (left<TAB>right)", "LM") if paired else ("LM", "paired")
         raise UserError(f"data.train holds {got} shards but this trainer needs {want} shards: "

@@ -142,7 +142,6 @@ def test_lm_shards_in_ntp_mode_are_a_user_error(sample_data, tmp_path):
         run_recipe(RECIPE, tiny_args(sample_data, tmp_path, paired=False))
 
 
-@pytest.mark.xfail(strict=True, reason="the shared runner does not log the shards' skip counts yet (see report)")
 def test_skipped_pairs_are_reported_in_the_training_log(sample_data, tmp_path, capsys):
     lines = sample_data["paired_train_text"].read_text(encoding="utf-8").splitlines()[:40]
     bad = tmp_path / "pairs.tsv"
