@@ -18,20 +18,15 @@ the median over the timed steps after warm-up. Needs `transformers` and `mead-ba
 from __future__ import annotations
 
 import argparse
-import collections
-import collections.abc
-import platform
-import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from harness import Contender, model_config, restore_collections_aliases, run_header, shape_parser, time_round_robin
 from torch import nn
 
-from pretrain.model import TransformerConfig, TransformerLM
+from pretrain.model import TransformerLM
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
 from pretrain.objectives.electra import Electra, ElectraConfig, ReplacementMasker, generator_config
 from pretrain.objectives.language_modeling import MaskedLM
@@ -43,44 +38,11 @@ PAD_ID, GO_ID, EOS_ID, MASK_ID, NUM_SPECIAL = 0, 1, 2, 5, 6
 SPECIALS = frozenset(range(NUM_SPECIAL))
 
 
-@dataclass
-class Contender:
-    name: str
-    model: nn.Module
-    loss: Callable[[], torch.Tensor]  # forward on the benchmark batch -> scalar loss
-    tokens: int                       # input tokens per step
-
-    def __post_init__(self) -> None:
-        self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
-
-    def step(self) -> None:
-        self.loss().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--d-ff", type=int, default=1024)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--seq", type=int, default=128, help="LM block; paired sides get half each")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser = shape_parser(__doc__, seq_help="LM block; paired sides get half each")
     parser.add_argument("--only", choices=("mlm", "dual", "seq2seq", "electra"), nargs="*",
                         help="run only these groups (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args()
-
-
-def model_config(args: argparse.Namespace, **variant) -> TransformerConfig:
-    return TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
-                             layers=args.layers, d_ff=args.d_ff, dropout=0.1, max_len=512, **variant)
 
 
 def on_device(batch: dict, device: str) -> dict:
@@ -210,43 +172,14 @@ def hf_electra(args: argparse.Namespace, batch: dict, recipe: ElectraConfig) -> 
 GROUPS = {"mlm": ours_mlm, "dual": dual_encoders, "seq2seq": seq2seqs, "electra": electras}
 
 
-# -- timing ----------------------------------------------------------------------------------------------
-
-def time_round_robin(contenders: list[Contender], args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per training step of each contender."""
-    cuda = args.device.startswith("cuda")
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for step in range(args.warmup + args.steps):
-        for contender in contenders:
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                contender.step()
-            if cuda:
-                torch.cuda.synchronize()
-            if step >= args.warmup:
-                times[contender.name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
-    return f"CPU {platform.machine()} x {torch.get_num_threads()} threads, fp32"
-
-
 def main() -> None:
     args = parse_args()
-    # mead-baseline 2.4.2 still imports collections.Sequence & co., which Python 3.10 moved to collections.abc.
-    for name in collections.abc.__all__:
-        if not hasattr(collections, name):
-            setattr(collections, name, getattr(collections.abc, name))
+    restore_collections_aliases()
     torch.manual_seed(args.seed)
     groups = [GROUPS[name](args) for name in (args.only or GROUPS)]
-    seconds = time_round_robin([c for group in groups for c in group], args)
+    seconds = time_round_robin([c for group in groups for c in group], args.device, args.warmup, args.steps)
     reference = seconds.get("ours MaskedLM (reference)")
-    print(f"{time.strftime('%Y-%m-%d')} | torch {torch.__version__} | {describe_device(args.device)}")
+    print(run_header(args.device))
     print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {args.vocab}, T {args.seq} "
           f"(pairs: {args.seq // 2} + {args.seq // 2}), B {args.batch}; median of {args.steps} steps after "
           f"{args.warmup} warm-up")

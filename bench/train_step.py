@@ -16,21 +16,14 @@ Needs `transformers` and `mead-baseline==2.4.2` (which brings mead-layers) in th
 from __future__ import annotations
 
 import argparse
-import collections
-import collections.abc
-import platform
-import statistics
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from harness import Contender, model_config, restore_collections_aliases, run_header, shape_parser, time_round_robin
 
 from pretrain.metrics import mfu, peak_bf16_flops
-from pretrain.model import TransformerConfig, TransformerLM, flops_per_token
+from pretrain.model import TransformerLM, flops_per_token
 from pretrain.objectives.language_modeling import MaskedLM
 from pretrain.objectives.masking import IGNORE_INDEX, MaskingConfig, TokenMasker
 
@@ -39,36 +32,8 @@ PAD_ID, MASK_ID, NUM_SPECIAL = 0, 5, 6
 MASKING = MaskingConfig()  # BERT's recipe: 15% targets, 80% [MASK] / 10% random / 10% kept
 
 
-@dataclass
-class Contender:
-    name: str
-    model: nn.Module
-    loss: Callable[[], torch.Tensor]  # forward on the benchmark batch -> scalar loss
-    flops_per_token: float
-
-    def __post_init__(self) -> None:
-        self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
-
-    def step(self) -> None:
-        self.loss().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--d-ff", type=int, default=1024)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = shape_parser(__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU intra-op threads")
     return parser.parse_args()
 
@@ -87,11 +52,6 @@ def masked_batch(args: argparse.Namespace) -> dict:
     return {k: v.to(args.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-def model_config(args: argparse.Namespace, **variant) -> TransformerConfig:
-    return TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
-                             layers=args.layers, d_ff=args.d_ff, dropout=0.1, max_len=512, **variant)
-
-
 def ours(args: argparse.Namespace, batch: dict) -> Contender:
     cfg = model_config(args, embeddings="learned-bias", head_transform=True, output_bias=True)
     objective = MaskedLM(TransformerLM(cfg), mask_rate=MASKING.mask_rate).to(args.device)
@@ -100,7 +60,7 @@ def ours(args: argparse.Namespace, batch: dict) -> Contender:
         loss_sum, count = objective(batch)["losses"]["lm"]
         return loss_sum / count
 
-    return Contender("ours (MaskedLM)", objective, loss, objective.flops_per_token(args.seq))
+    return Contender("ours (MaskedLM)", objective, loss, args.batch * args.seq, objective.flops_per_token(args.seq))
 
 
 def full_logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -117,14 +77,12 @@ def hf_bert(args: argparse.Namespace, batch: dict) -> Contender:
     model = BertForMaskedLM(config).to(args.device)
     flops = flops_per_token(model_config(args, head_transform=True), args.seq)
     return Contender("HF BertForMaskedLM", model,
-                     lambda: full_logits_loss(model(input_ids=batch["inputs"]).logits, batch["labels"]), flops)
+                     lambda: full_logits_loss(model(input_ids=batch["inputs"]).logits, batch["labels"]),
+                     args.batch * args.seq, flops)
 
 
 def mead_tlm(args: argparse.Namespace, batch: dict) -> Contender:
-    # mead-baseline 2.4.2 still imports collections.Sequence & co., which Python 3.10 moved to collections.abc.
-    for name in collections.abc.__all__:
-        if not hasattr(collections, name):
-            setattr(collections, name, getattr(collections.abc, name))
+    restore_collections_aliases()
     from baseline.pytorch.lm.model import TransformerMaskedLanguageModel
     from eight_mile.pytorch.embeddings import (
         LearnedPositionalLookupTableEmbeddingsWithBias,
@@ -138,32 +96,8 @@ def mead_tlm(args: argparse.Namespace, batch: dict) -> Contender:
         output_bias=True).to(args.device)
     flops = flops_per_token(model_config(args), args.seq)
     return Contender("mead-baseline TransformerMaskedLanguageModel", model,
-                     lambda: full_logits_loss(model({"x": batch["inputs"]}, None)[0], batch["labels"]), flops)
-
-
-def time_round_robin(contenders: list[Contender], args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per training step of each contender."""
-    cuda = args.device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for step in range(args.warmup + args.steps):
-        for contender in contenders:
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with autocast:
-                contender.step()
-            if cuda:
-                torch.cuda.synchronize()
-            if step >= args.warmup:
-                times[contender.name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
-    return f"CPU {platform.machine()} x {torch.get_num_threads()} threads, fp32"
+                     lambda: full_logits_loss(model({"x": batch["inputs"]}, None)[0], batch["labels"]),
+                     args.batch * args.seq, flops)
 
 
 def main() -> None:
@@ -172,16 +106,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     batch = masked_batch(args)
     contenders = [build(args, batch) for build in (ours, hf_bert, mead_tlm)]
-    seconds = time_round_robin(contenders, args)
+    seconds = time_round_robin(contenders, args.device, args.warmup, args.steps)
 
-    tokens = args.batch * args.seq
     peak = peak_bf16_flops(torch.cuda.get_device_name(args.device)) if args.device.startswith("cuda") else None
-    print(f"{time.strftime('%Y-%m-%d')} | torch {torch.__version__} | {describe_device(args.device)}")
+    print(run_header(args.device))
     print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {args.vocab}, T {args.seq}, "
           f"B {args.batch}, {batch['targets'].numel()} targets; median of {args.steps} steps after "
           f"{args.warmup} warm-up")
     for contender in contenders:
-        tokens_per_s = tokens / seconds[contender.name]
+        tokens_per_s = contender.tokens / seconds[contender.name]
         line = f"{contender.name:46s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step"
         if peak:
             line += f"  MFU {mfu(contender.flops_per_token, tokens_per_s, peak, world_size=1):.1%}"

@@ -1,12 +1,21 @@
-"""Starting real training processes from tests: a clean launcher environment, free ports, timeouts."""
+"""Starting real training processes from tests: a clean launcher environment, free ports, timeouts, kills;
+and comparing what they train with in-process references."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import torch
+
+from pretrain.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
@@ -56,3 +65,49 @@ def pod_env(rank: int, pods: int, port: int, nproc_per_node: int) -> dict[str, s
             "RANK": str(rank), "PET_NNODES": str(pods), "PET_NODE_RANK": str(rank),
             "PET_NPROC_PER_NODE": str(nproc_per_node), "PET_MASTER_ADDR": "127.0.0.1",
             "PET_MASTER_PORT": str(port)}
+
+
+def run_two_pods(args: Sequence[str]) -> list[str]:
+    """Outputs of `python ARGS` run as two single-process PyTorchJob pods (rendezvous on localhost), each of
+    which must exit 0."""
+    port = free_port()
+    results = finish([start(args, pod_env(rank, 2, port, 1)) for rank in range(2)])
+    for code, out in results:
+        assert code == 0, out
+    return [out for _, out in results]
+
+
+def kill_after_first_checkpoint(args: Sequence[str], run_dir: Path) -> tuple[int, str]:
+    """(exit code, output) of `python ARGS`, sent SIGKILL once a checkpoint appears in RUN_DIR/checkpoints
+    (or after 120 s)."""
+    proc = start(args)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run_dir / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    [(code, out)] = finish([proc])
+    return code, out
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run in-process references with the subprocesses' single intra-op thread (OMP_NUM_THREADS=1),
+    so that both sum in the same order and can be compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The objective's parameters in the run's newest checkpoint."""
+    _, path = list_checkpoints(run_dir / "checkpoints")[-1]
+    return torch.load(path, weights_only=True)["objective"]
+
+
+def assert_same_params(got: dict, expected: dict, atol: float = 0.0) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=atol, msg=key)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import math
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint import list_checkpoints
 from pretrain.discrim import RECIPE
 from pretrain.run import run_recipe
-from tests.pretrain.processes import REPO, finish, free_port, pod_env, start
-from tests.pretrain.test_paired import assert_same_params, build_sample_data, final_params, one_thread
+from tests.pretrain.processes import (
+    REPO,
+    assert_same_params,
+    final_params,
+    kill_after_first_checkpoint,
+    one_thread,
+    run_two_pods,
+)
+from tests.pretrain.sample_data import build_sample_data
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +65,7 @@ def one_rank_reference(sample_data, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_rank_with_the_global_batch(sample_data, tmp_path, one_rank_reference):
-    port = free_port()
-    args = ["-m", "pretrain.discrim", *tiny_args(sample_data, tmp_path, *DETERMINISTIC, "data.batch_size=4")]
-    for code, out in finish([start(args, pod_env(rank, 2, port, 1)) for rank in range(2)]):
-        assert code == 0, out
+    run_two_pods(["-m", "pretrain.discrim", *tiny_args(sample_data, tmp_path, *DETERMINISTIC, "data.batch_size=4")])
     assert_same_params(final_params(tmp_path), one_rank_reference, atol=1e-5)
 
 
@@ -71,12 +73,7 @@ def test_two_ranks_equal_one_rank_with_the_global_batch(sample_data, tmp_path, o
 def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(sample_data, tmp_path,
                                                                            one_rank_reference):
     args = tiny_args(sample_data, tmp_path, *DETERMINISTIC)
-    proc = start(["-m", "pretrain.discrim", *args])
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(tmp_path / "checkpoints") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    [(code, out)] = finish([proc])
+    code, out = kill_after_first_checkpoint(["-m", "pretrain.discrim", *args], tmp_path)
     assert code == -signal.SIGKILL, out
     with one_thread():
         assert run_recipe(RECIPE, args).completed

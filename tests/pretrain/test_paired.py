@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +13,21 @@ import torch
 
 from data_pipeline.errors import UserError
 from data_pipeline.preprocess import preprocess
-from data_pipeline.sample_corpus import build_sample_corpus, stdlib_dir
 from data_pipeline.tokenizer import TokenizerSpec
-from data_pipeline.vocab_learning import learn_vocab
-from pretrain.checkpoint import list_checkpoints
 from pretrain.objectives.next_sentence import LineSplitter, line_halves
 from pretrain.paired import RECIPE
 from pretrain.run import run_recipe
-from tests.pretrain.processes import REPO, finish, free_port, pod_env, start
+from tests.pretrain.processes import (
+    REPO,
+    assert_same_params,
+    final_params,
+    kill_after_first_checkpoint,
+    one_thread,
+    run_two_pods,
+)
+from tests.pretrain.sample_data import build_sample_data
 
 SEP, PAD = 3, 0
-
-
-def build_sample_data(root: Path) -> dict[str, Path]:
-    """The sample-corpus rules applied to one stdlib package (email): LM and paired shards in ~2 s."""
-    corpus = build_sample_corpus(root / "corpus", stdlib_dir() / "email")
-    spec = learn_vocab("wordpiece", [corpus.train], root / "vocab", 1000)
-    paths = {"vocab": Path(spec.vocab), "paired_train_text": corpus.paired_train}
-    for name, text, paired in (("train", corpus.train, False), ("valid", corpus.valid, False),
-                               ("paired_train", corpus.paired_train, True),
-                               ("paired_valid", corpus.paired_valid, True)):
-        paths[name] = preprocess([text], root / name, spec, paired=paired, processes=1, progress=False).out_dir
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -57,28 +47,6 @@ def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str, paired: boo
             "train.num_workers=0", "train.tensorboard=false", "train.log_every=5", "train.eval_every=0",
             "train.eval_batches=2", "train.checkpoint_every=0", "optim.warmup_steps=3", "optim.lr=3e-3",
             f"train.run_dir={run_dir}", *overrides]
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """In-process runs with the subprocesses' single intra-op thread, so both sum in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    _, path = list_checkpoints(run_dir / "checkpoints")[-1]
-    return torch.load(path, weights_only=True)["objective"]
-
-
-def assert_same_params(got: dict, expected: dict, atol: float = 0.0) -> None:
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        torch.testing.assert_close(got[key], value, rtol=0, atol=atol, msg=key)
 
 
 # -- data: Next Sentence Prediction pairs from LM blocks ----------------------------------------------
@@ -178,11 +146,8 @@ def one_rank_reference(sample_data, tmp_path_factory) -> dict[str, torch.Tensor]
 @pytest.mark.slow
 def test_two_ranks_with_gathered_negatives_equal_one_rank_with_the_global_batch(sample_data, tmp_path,
                                                                                 one_rank_reference):
-    port = free_port()
-    args = ["-m", "pretrain.paired", *tiny_args(sample_data, tmp_path, *DETERMINISTIC, "data.batch_size=4",
-                                                "objective.dual_encoder.recall_candidates=4")]
-    for code, out in finish([start(args, pod_env(rank, 2, port, 1)) for rank in range(2)]):
-        assert code == 0, out
+    run_two_pods(["-m", "pretrain.paired", *tiny_args(sample_data, tmp_path, *DETERMINISTIC, "data.batch_size=4",
+                                                      "objective.dual_encoder.recall_candidates=4")])
     assert_same_params(final_params(tmp_path), one_rank_reference, atol=1e-5)
 
 
@@ -190,12 +155,7 @@ def test_two_ranks_with_gathered_negatives_equal_one_rank_with_the_global_batch(
 def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(sample_data, tmp_path,
                                                                            one_rank_reference):
     args = tiny_args(sample_data, tmp_path, *DETERMINISTIC)
-    proc = start(["-m", "pretrain.paired", *args])
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(tmp_path / "checkpoints") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    [(code, out)] = finish([proc])
+    code, out = kill_after_first_checkpoint(["-m", "pretrain.paired", *args], tmp_path)
     assert code == -signal.SIGKILL, out
     with one_thread():
         result = run_recipe(RECIPE, args)

@@ -4,7 +4,6 @@ import logging
 import math
 import re
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from pretrain.checkpoint import CheckpointError, list_checkpoints
 from pretrain.config import load_config, to_dict
 from pretrain.distributed import DistEnv
 from pretrain.trainer import train
-from tests.pretrain.processes import finish, free_port, pod_env, start
+from tests.pretrain.processes import assert_same_params, finish, one_thread, run_two_pods, start
 from tests.pretrain.tiny_training import TinyObjective, TinyReader, TinySchema, run
 
 SINGLE = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -34,32 +33,9 @@ def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "final.pt", weights_only=True)
 
 
-def assert_same_params(got: dict, expected: dict, atol: float = 0.0) -> None:
-    assert got.keys() == expected.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=atol, msg=key)
-
-
 def run_two_ranks(run_dir: Path, *overrides: str) -> list[str]:
     """Train the tiny objective in two processes launched as two PyTorchJob pods; returns their outputs."""
-    port = free_port()
-    args = ["-m", "tests.pretrain.tiny_training", *BASE, f"train.run_dir={run_dir}", *overrides]
-    results = finish([start(args, pod_env(rank, 2, port, 1)) for rank in range(2)])
-    for code, out in results:
-        assert code == 0, out
-    return [out for _, out in results]
-
-
-@contextmanager
-def one_thread():
-    """Run in-process references with the subprocesses' single intra-op thread (OMP_NUM_THREADS=1),
-    so that both sum in the same order and can be compared bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return run_two_pods(["-m", "tests.pretrain.tiny_training", *BASE, f"train.run_dir={run_dir}", *overrides])
 
 
 def resumed_step(out: str) -> int:
