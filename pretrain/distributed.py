@@ -13,9 +13,10 @@ gloo on CPU, NCCL on GPU (one GPU per process, cuda:LOCAL_RANK).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -53,10 +54,26 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group, if one was joined."""
+def shutdown_distributed(wait_for_peers: bool = False) -> None:
+    """Leave the process group, if one was joined. After a normal end, `wait_for_peers` first meets every
+    rank at a barrier: a rank tearing gloo down while a peer still talks to it can abort that peer."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session(device: str = "auto", timeout_s: float = 1800.0) -> Iterator[DistEnv]:
+    """`init_distributed` for the body of a `with`, then `shutdown_distributed` (waiting for the peers
+    unless the body raised, when a peer may never arrive)."""
+    env = init_distributed(device, timeout_s)
+    try:
+        yield env
+    except BaseException:
+        shutdown_distributed()
+        raise
+    shutdown_distributed(wait_for_peers=True)
 
 
 def launch_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ from data_pipeline.readers import Transform
 from data_pipeline.tokenizer import Tokenizer, load_tokenizer
 from pretrain.config import load_config, to_dict
 from pretrain.data import build_datasets, resolve_sample_data
-from pretrain.distributed import init_distributed, shutdown_distributed
+from pretrain.distributed import distributed_session
 from pretrain.metrics import setup_logging
 from pretrain.trainer import ExportHook, TrainResult, seed_everything, train
 
@@ -43,8 +43,7 @@ class Recipe:
 def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
     """Load the config, join the job, build data and objective, train, and export at the end."""
     cfg = load_config(recipe.schema, argv, prog=recipe.prog, description=recipe.description)
-    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
-    try:
+    with distributed_session(cfg.train.device, cfg.train.dist_timeout_s) as env:
         setup_logging(env.rank)
         paired = recipe.paired(cfg)
         cfg = dataclasses.replace(cfg, data=resolve_sample_data(cfg.data, paired, env))
@@ -63,8 +62,6 @@ def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
                      env.device, sum(p.numel() for p in objective.parameters()) / 1e6)
         return train(objective, train_data, valid_data, cfg.train, cfg.optim, env, resolved,
                      export=export_hook(tokenizer, cfg.train.export_formats))
-    finally:
-        shutdown_distributed()
 
 
 def export_hook(tokenizer: Tokenizer, formats: Sequence[str]) -> ExportHook | None:

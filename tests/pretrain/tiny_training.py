@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from data_pipeline.errors import run_cli
 from pretrain.checkpoint import list_checkpoints
 from pretrain.config import OptimConfig, TrainConfig, load_config, to_dict
-from pretrain.distributed import DistEnv, init_distributed, shutdown_distributed
+from pretrain.distributed import DistEnv, distributed_session
 from pretrain.metrics import setup_logging
 from pretrain.trainer import TrainResult, seed_everything, train
 
@@ -147,12 +147,9 @@ def run(cfg: TinySchema, env: DistEnv) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(TinySchema, sys.argv[1:] if argv is None else argv)
-    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
-    setup_logging(env.rank)
-    try:
+    with distributed_session(cfg.train.device, cfg.train.dist_timeout_s) as env:
+        setup_logging(env.rank)
         run(cfg, env)
-    finally:
-        shutdown_distributed()
     return 0
 
 
