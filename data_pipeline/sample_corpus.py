@@ -172,7 +172,7 @@ def prepare_sample_data(out_dir: str | Path, kind: str = "wordpiece", vocab_size
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Pods of one job may share out_dir on a volume: the first to get the lock builds, the rest find it done.
-    with open(out_dir / ".prepare.lock", "w") as lock:
+    with open(out_dir / ".prepare.lock", "a") as lock:  # "a": re-runs leave the tree untouched
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _prepare_locked(out_dir, kind, vocab_size, processes)
 

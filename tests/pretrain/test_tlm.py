@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ from pretrain.checkpoint import checkpoint_path, list_checkpoints
 from pretrain.run import run_recipe
 from pretrain.tlm import RECIPE
 from pretrain.trainer import TrainResult
-from tests.pretrain.processes import REPO, TIMEOUT_S, finish, free_port, pod_env, process_env, start
+from tests.pretrain.processes import (REPO, assert_same_params, final_params, finish, free_port,
+                                      kill_after_first_checkpoint, one_thread, pod_env, process_env, run_two_pods,
+                                      start)
 
 SAMPLE_VOCAB = 2000
 CONFIGS = {"mlm": "configs/tiny_mlm.yaml", "clm": "configs/tiny_clm.yaml"}
@@ -64,21 +65,20 @@ def train_in_process(argv: list[str]) -> TrainResult:
     on a busy 2-core box spinning OpenMP threads slow it several-fold), and with pytest's log handlers
     back in place afterwards (setup_logging replaces them)."""
     root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as env:
+    handlers, level = root.handlers[:], root.level
+    with one_thread(), pytest.MonkeyPatch.context() as env:
         for name in os.environ.keys() - process_env().keys():
             env.delenv(name)
-        torch.set_num_threads(1)
         try:
             return run_recipe(RECIPE, argv)
         finally:
-            torch.set_num_threads(threads)
             root.handlers[:] = handlers
             root.setLevel(level)
 
 
-def start_tlm(args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    return start(["-m", "pretrain.tlm", *args], extra_env)
+def tlm_command(args: list[str]) -> list[str]:
+    """`python` arguments that run pretrain.tlm with `args`."""
+    return ["-m", "pretrain.tlm", *args]
 
 
 def resolved_config(run_dir: Path) -> dict[str, Any]:
@@ -93,29 +93,9 @@ def succeed(procs: list[subprocess.Popen]) -> list[str]:
     return [out for _, out in results]
 
 
-def parameters(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint_path(run_dir / "checkpoints", step), weights_only=True)["objective"]
-
-
-def assert_same_parameters(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float) -> None:
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=atol, msg=name)
-
-
-def wait_for_checkpoint(proc: subprocess.Popen, directory: Path) -> bool:
-    """Whether `directory` got a checkpoint while `proc` was still running (within the time limit)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if list_checkpoints(directory):
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def cli_error(args: list[str]) -> str:
     """The output of a pretrain.tlm run that must fail as a user error: exit code 2 and a single line."""
-    [(code, out)] = finish([start_tlm(args)])
+    [(code, out)] = finish([start(tlm_command(args))])
     assert code == 2 and len(out.splitlines()) == 1, out
     return out.rstrip("\n")
 
@@ -167,13 +147,12 @@ def test_two_ranks_train_the_parameters_of_one_rank_with_the_same_global_batch(s
     # Masking is seeded per sample and the loss is normalised by the global target count, so 2 ranks x 4
     # and 1 rank x 8 differ only in the order of float sums.
     same = ("train.max_steps=4", "model.dropout=0.0")
-    one = start_tlm(tlm_args("mlm", sample.dir, tmp_path / "one", *same, "data.batch_size=8"))
+    one = start(tlm_command(tlm_args("mlm", sample.dir, tmp_path / "one", *same, "data.batch_size=8")))
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]
-    two = start([*torchrun, "-m", "pretrain.tlm",
-                 *tlm_args("mlm", sample.dir, tmp_path / "two", *same, "data.batch_size=4")])
+    two = start([*torchrun, *tlm_command(tlm_args("mlm", sample.dir, tmp_path / "two", *same, "data.batch_size=4"))])
     succeed([one, two])
-    assert_same_parameters(parameters(tmp_path / "two", 4), parameters(tmp_path / "one", 4), atol=1e-6)
+    assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"), atol=1e-6)
 
 
 def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterrupted_run(sample, tmp_path):
@@ -181,29 +160,25 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterru
     # The kill lands at the first checkpoint (step 5) or a few steps later, far from the end.
     steps = 100
 
-    def run(name: str) -> subprocess.Popen:
-        return start_tlm(tlm_args("mlm", sample.dir, tmp_path / name, f"train.max_steps={steps}",
-                                  "train.checkpoint_every=5", "model.dropout=0.1", "train.num_workers=1"))
+    def args(name: str) -> list[str]:
+        return tlm_command(tlm_args("mlm", sample.dir, tmp_path / name, f"train.max_steps={steps}",
+                            "train.checkpoint_every=5", "model.dropout=0.1", "train.num_workers=1"))
 
-    reference, killed = run("reference"), run("killed")
-    checkpointed = wait_for_checkpoint(killed, tmp_path / "killed" / "checkpoints")
-    killed.kill()
-    (killed_code, killed_out), (reference_code, reference_out) = finish([killed, reference])
-    assert checkpointed and killed_code == -signal.SIGKILL, killed_out
-    assert reference_code == 0, reference_out
-    [resumed_out] = succeed([run("killed")])
+    reference = start(args("reference"))
+    code, out = kill_after_first_checkpoint(args("killed"), tmp_path / "killed")
+    assert code == -signal.SIGKILL, out
+    resumed_out, _ = succeed([start(args("killed")), reference])
     resumed = re.search(r"resumed from \S+ at step (\d+)", resumed_out)
     assert resumed and 0 < int(resumed.group(1)) < steps, resumed_out
-    assert_same_parameters(parameters(tmp_path / "killed", steps), parameters(tmp_path / "reference", steps),
-                           atol=0)
+    assert_same_params(final_params(tmp_path / "killed"), final_params(tmp_path / "reference"))
 
 
 def test_pytorchjob_pods_train_with_the_real_entry_point_and_only_rank_0_writes(sample, tmp_path):
     # Two pods of one process each, launched as the training operator does (RANK, WORLD_SIZE, MASTER_*,
     # PET_*). Each pod gets its own run_dir, which a fresh run never reads, so any write by rank 1 shows.
     port = free_port()
-    pods = [start_tlm(tlm_args("mlm", sample.dir, tmp_path / f"pod{rank}", "train.max_steps=3"),
-                      pod_env(rank, 2, port, 1)) for rank in range(2)]
+    pods = [start(tlm_command(tlm_args("mlm", sample.dir, tmp_path / f"pod{rank}", "train.max_steps=3")),
+                  pod_env(rank, 2, port, 1)) for rank in range(2)]
     master_out, _ = succeed(pods)
     assert "on 2 process(es)" in master_out
     assert [step for step, _ in list_checkpoints(tmp_path / "pod0" / "checkpoints")] == [3]
@@ -216,9 +191,7 @@ def test_pytorchjob_pods_sharing_a_sample_dir_build_it_once(sample, tmp_path):
     # shards are left out of the copy for the job to build: two pods building them at once would race.
     unbuilt = shutil.ignore_patterns(sample.paths["valid"].name, sample.paths["paired_valid"].name)
     shutil.copytree(sample.dir, tmp_path / "sample", ignore=unbuilt)
-    port = free_port()
-    args = tlm_args("mlm", tmp_path / "sample", tmp_path / "run", "train.max_steps=1")
-    succeed([start_tlm(args, pod_env(rank, 2, port, 1)) for rank in range(2)])
+    run_two_pods(tlm_command(tlm_args("mlm", tmp_path / "sample", tmp_path / "run", "train.max_steps=1")))
 
 
 # -- user errors -------------------------------------------------------------------------------------------
