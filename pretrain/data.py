@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
 from data_pipeline.errors import UserError
@@ -60,8 +59,8 @@ class DataConfig:
     batch_size: int = 32             # per rank and micro-batch; global batch = this x world size x accum
 
 
-def resolve_sample_data(cfg: DataConfig, paired: bool, env: DistEnv) -> DataConfig:
-    """With `sample.dir` set, build the sample data there (once per node) and point the config at it."""
+def resolve_sample_data(cfg: DataConfig, paired: bool) -> DataConfig:
+    """With `sample.dir` set, build the sample data there (once) and point the config at it."""
     if not cfg.sample.dir:
         if not cfg.train:
             raise UserError("data.train is empty: give shard directories (or text files with "
@@ -69,13 +68,8 @@ def resolve_sample_data(cfg: DataConfig, paired: bool, env: DistEnv) -> DataConf
         return cfg
     if cfg.train or cfg.valid:
         raise UserError("set either data.sample.dir (built-in sample corpus) or data.train/data.valid, not both")
-    # The first process of each node builds it; the others then find every step done and only read paths.
-    if env.local_rank == 0:
-        paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
-    if env.world_size > 1:
-        dist.barrier()
-    if env.local_rank != 0:
-        paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
+    # Every process may call it: a file lock inside lets the first build and the others wait, then read.
+    paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
     prefix = "paired_" if paired else ""
     tokenizer = replace(cfg.tokenizer, vocab=str(paths["vocab"]), codes=str(paths.get("codes") or ""))
     return replace(cfg, train=(str(paths[f"{prefix}train"]),), valid=(str(paths[f"{prefix}valid"]),),

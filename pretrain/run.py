@@ -46,7 +46,7 @@ def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
     with distributed_session(cfg.train.device, cfg.train.dist_timeout_s) as env:
         setup_logging(env.rank)
         paired = recipe.paired(cfg)
-        cfg = dataclasses.replace(cfg, data=resolve_sample_data(cfg.data, paired, env))
+        cfg = dataclasses.replace(cfg, data=resolve_sample_data(cfg.data, paired))
         tokenizer = load_tokenizer(cfg.data.tokenizer.spec())
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
         seed_everything(cfg.train.seed)  # the same initial weights on every rank and every run
