@@ -364,11 +364,14 @@ def _to_float(value: Any) -> float:
 
 
 def _coerce_sequence(value: Any, origin: type, args: tuple) -> Any:
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    if (origin is list or variadic) and value is not None and not isinstance(value, (list, tuple, dict)):
+        value = [value]  # `data.train=/path` means a one-element list
     if not isinstance(value, (list, tuple)):
         raise _Mismatch
     if origin is list:
         return [_coerce(item, args[0]) for item in value]
-    if len(args) == 2 and args[1] is Ellipsis:
+    if variadic:
         return tuple(_coerce(item, args[0]) for item in value)
     if len(value) != len(args):
         raise _Mismatch

@@ -47,6 +47,11 @@ def test_float_written_without_a_dot_is_accepted(tmp_path):
     assert cfg.optim.lr == pytest.approx(1e-4)
 
 
+def test_a_single_value_for_a_list_key_is_a_one_element_list():
+    cfg = load_config(Schema, ["data.train=x", "data.paths=/corpus/shards"])
+    assert cfg.data.paths == ["/corpus/shards"]
+
+
 def test_unknown_yaml_key_names_file_line_and_nearest_key(tmp_path):
     path = write(tmp_path, "data:\n  train: a/\ntrain:\n  seed: 1\n  max_step: 5\n")
     with pytest.raises(ConfigError) as err:
