@@ -208,7 +208,11 @@ def _read_yaml(path: Path, schema: type, leaves: dict[str, Any]) -> dict[str, tu
         raise ConfigError(f"cannot read config file {path} ({err.strerror}); pass an existing YAML "
                           "file to --config") from None
     try:
-        tree = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass: no arbitrary objects
+        loader = _LineLoader(text)  # yaml.safe_load's SafeLoader, plus the line of every mapping
+        try:
+            tree = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else "?"
