@@ -79,6 +79,14 @@ class _Encoded:
             per_stream.append([tokens[end - n:end] for end, n in zip(ends, lengths.tolist())])
         return zip(*per_stream)
 
+    def run(self, start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Documents [start, stop) as (flat tokens, lengths) per stream: what ShardWriter.add_many takes."""
+        run = []
+        for tokens, lengths in self.streams:
+            begin = int(lengths[:start].sum())
+            run.append((tokens[begin:begin + int(lengths[start:stop].sum())], lengths[start:stop]))
+        return run
+
 
 def _flatten(docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
@@ -199,17 +207,21 @@ class _ShardSink:
         """The chunk's counts, then its documents, in order."""
         self._stats.update(encoded.stats)
         self.totals.update(encoded.stats)
-        sizes = (sum(lengths for _, lengths in encoded.streams) + len(encoded.streams) * self._extra).tolist()
-        for size, docs in zip(sizes, encoded.docs()):
-            if self._writer is not None and self._tokens + size > self._max_tokens:
+        sizes = sum(lengths for _, lengths in encoded.streams) + len(encoded.streams) * self._extra
+        start = 0
+        while start < len(sizes):  # runs of documents that fit the open shard; a new shard takes any doc
+            if self._writer is not None and self._tokens + sizes[start] > self._max_tokens:
                 self._close_shard()
             if self._writer is None:
                 self.shards.append(shard_prefix(self._directory, len(self.shards)))
                 self._writer = ShardWriter(self.shards[-1], self._streams, self._tokenizer)
-            self._writer.add(*docs)
-            self._tokens += size
+            filled = np.cumsum(sizes[start:])
+            stop = start + max(1, int(np.searchsorted(filled, self._max_tokens - self._tokens, side="right")))
+            self._writer.add_many(*encoded.run(start, stop))
+            self._tokens += int(filled[stop - start - 1])
+            start = stop
         self.totals["docs"] += encoded.num_docs
-        self.totals["tokens"] += sum(sizes)
+        self.totals["tokens"] += int(sizes.sum())
 
     def _close_shard(self) -> None:
         self._writer.close(stats={key: int(value) for key, value in self._stats.items()})

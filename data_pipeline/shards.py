@@ -169,21 +169,33 @@ class ShardWriter:
 
     def add(self, *docs: Sequence[int] | np.ndarray) -> None:
         """Append one document per stream (token ids without the LM separator)."""
-        if len(docs) != len(self.streams):
-            raise ValueError(f"add() takes one document per stream {self.streams}, got {len(docs)}")
-        for stream, doc in zip(self.streams, docs):
-            ids = np.asarray(doc)
+        self.add_many(*((np.asarray(doc).ravel(), np.array([np.size(doc)])) for doc in docs))
+
+    def add_many(self, *columns: tuple[np.ndarray, np.ndarray]) -> None:
+        """Append a run of documents at once: per stream, (flat token ids, length of each document).
+
+        One write per file for the whole run: preprocessing hands over its chunks this way, which keeps
+        the parent process (the only writer) off the critical path.
+        """
+        if len(columns) != len(self.streams):
+            raise ValueError(f"add_many() takes one column per stream {self.streams}, got {len(columns)}")
+        if len({len(lengths) for _, lengths in columns}) != 1:
+            raise ValueError("add_many() needs the same number of documents in every stream")
+        for stream, (ids, lengths) in zip(self.streams, columns):
+            ids, lengths = np.asarray(ids).ravel(), np.asarray(lengths, dtype=np.int64)
             if ids.size and (ids.min() < 0 or ids.max() >= self._tokenizer.vocab_size):
                 raise ValueError(f"token id out of range [0, {self._tokenizer.vocab_size}) in {stream}: the "
                                  f"tokenizer's vocab_size does not match the ids it produces")
-            tokens = ids.astype(self._dtype, copy=False).ravel()
+            tokens = ids.astype(self._dtype, copy=False)
             if self._sep is not None:
-                tokens = np.concatenate([tokens, self._sep])
+                tokens = np.insert(tokens, np.cumsum(lengths), self._sep[0])
+                lengths = lengths + 1
+            offsets = self._num_tokens[stream] + np.cumsum(lengths)
             bin_file, idx_file = self._files[stream]
             bin_file.write(tokens.tobytes())
-            self._num_tokens[stream] += tokens.size
-            idx_file.write(np.array([self._num_tokens[stream]], _OFFSET_DTYPE).tobytes())
-        self._num_docs += 1
+            idx_file.write(offsets.astype(_OFFSET_DTYPE).tobytes())
+            self._num_tokens[stream] += int(lengths.sum())
+        self._num_docs += len(columns[0][1])
 
     def close(self, stats: dict[str, int] | None = None) -> ShardHeader:
         """Flush, fsync and rename the data files, then write the header (the commit point)."""
