@@ -45,6 +45,23 @@ def test_lm_stream_round_trips_with_sep_after_every_doc(tmp_path):
     assert shard.offsets("text").tolist() == [0, 4, 6, 7]
 
 
+@pytest.mark.parametrize("streams, docs", [
+    (LM_STREAMS, [([5, 6, 7],), ([8],), ([],), ([9, 9],)]),
+    (PAIRED_STREAMS, [([1, 2], [9]), ([4], [5, 6, 7]), ([3], [3])]),
+])
+def test_a_run_of_documents_writes_the_same_bytes_as_one_at_a_time(tmp_path, streams, docs):
+    one_by_one = write_shard(tmp_path / "one", [d if len(d) > 1 else d[0] for d in docs], streams)
+    writer = ShardWriter(tmp_path / "run", streams, StubTokenizer())
+    writer.add_many(*((np.array([t for d in docs for t in d[k]], dtype=np.int64),
+                       np.array([len(d[k]) for d in docs])) for k in range(len(streams))))
+    writer.close(stats={"docs_seen": len(docs)})
+    run = Shard.open(tmp_path / "run")
+    for stream in streams:
+        assert run.tokens(stream).tolist() == one_by_one.tokens(stream).tolist()
+        assert run.offsets(stream).tolist() == one_by_one.offsets(stream).tolist()
+    assert run.header.num_docs == one_by_one.header.num_docs == len(docs)
+
+
 def test_paired_streams_stay_aligned_without_separator(tmp_path):
     shard = write_shard(tmp_path / "s", [([1, 2], [9]), ([4], [5, 6, 7])], PAIRED_STREAMS)
     assert [doc(shard, "left", i) for i in range(2)] == [[1, 2], [4]]
