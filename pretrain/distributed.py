@@ -12,6 +12,7 @@ gloo on CPU, NCCL on GPU (one GPU per process, cuda:LOCAL_RANK).
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ def shutdown_distributed(wait_for_peers: bool = False) -> None:
     """Leave the process group, if one was joined. After a normal end, `wait_for_peers` first meets every
     rank at a barrier: a rank tearing gloo down while a peer still talks to it can abort that peer."""
     if dist.is_available() and dist.is_initialized():
+        # DDP's reducer and the loader's workers sit in reference cycles: free them while the group is
+        # whole, or their teardown at interpreter exit can abort the process after a good run.
+        gc.collect()
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
