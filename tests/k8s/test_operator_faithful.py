@@ -37,7 +37,10 @@ def test_job_trains_resumes_after_a_pod_is_killed_and_exports(data_volume: Path,
     claims["pretrain-checkpoints"].mkdir()
     spec = JobSpec(name="tiny", trainer="tlm", gpus=0, nproc_per_node=nproc, overrides=(
         "data.batch_size=8", "train.max_steps=15", "train.checkpoint_every=5", "train.eval_every=0",
-        "train.eval_batches=1", "train.log_every=5", "train.num_workers=0", "train.tensorboard=false"))
+        "train.eval_batches=1", "train.log_every=5", "train.num_workers=0", "train.tensorboard=false",
+        # A pod restarted while its peer is still failing can rendezvous with the dying peer's agent and
+        # then wait in init_process_group: the collective timeout is what frees it, as on a real cluster.
+        "train.dist_timeout_s=60"))
     config = (ROOT / "configs" / "tiny_mlm.yaml").read_text()
     job = LocalJob([config_map(spec, config), pytorch_job(spec)], claims, tmp_path)
     run_dir = claims["pretrain-checkpoints"] / "tiny"
