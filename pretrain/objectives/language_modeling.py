@@ -23,20 +23,33 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     return {"losses": {"lm": (loss_sum, count)}, "metrics": {"accuracy": (correct, count)}}
 
 
-class MaskedLM(nn.Module):
+class LanguageModelObjective(nn.Module):
+    """What both LM objectives share: one TransformerLM, one token-level loss term, export of the LM."""
+
+    loss_weights = {"lm": 1.0}
+    perplexity_terms = ("lm",)
+
+    def __init__(self, model: TransformerLM, output_fraction: float) -> None:
+        super().__init__()
+        self.model = model
+        self.output_fraction = output_fraction  # share of positions projected onto the vocab
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return flops_per_token(self.model.cfg, seq_len, output_fraction=self.output_fraction)
+
+    def export_model(self) -> TransformerLM:
+        return self.model
+
+
+class MaskedLM(LanguageModelObjective):
     """BERT-style MLM: predicts the original token at the positions the masker chose.
 
     Only the target positions go through the V x D output projection (about 15% of them), which is where
     most of an MLM step's FLOPs would otherwise go for little gain.
     """
 
-    loss_weights = {"lm": 1.0}
-    perplexity_terms = ("lm",)
-
     def __init__(self, model: TransformerLM, mask_rate: float) -> None:
-        super().__init__()
-        self.model = model
-        self.mask_rate = mask_rate
+        super().__init__(model, output_fraction=mask_rate)
 
     def forward(self, batch: dict) -> dict:
         inputs = batch["inputs"]
@@ -46,22 +59,12 @@ class MaskedLM(nn.Module):
         out["tokens"] = inputs.numel()
         return out
 
-    def flops_per_token(self, seq_len: int) -> float:
-        return flops_per_token(self.model.cfg, seq_len, output_fraction=self.mask_rate)
 
-    def export_model(self) -> TransformerLM:
-        return self.model
-
-
-class CausalLM(nn.Module):
+class CausalLM(LanguageModelObjective):
     """GPT-style next-token prediction: position t predicts token t+1 (labels shifted, not copied)."""
 
-    loss_weights = {"lm": 1.0}
-    perplexity_terms = ("lm",)
-
     def __init__(self, model: TransformerLM, pad_id: int) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, output_fraction=1.0)
         self.pad_id = pad_id
 
     def forward(self, batch: dict) -> dict:
@@ -72,9 +75,3 @@ class CausalLM(nn.Module):
         out = token_cross_entropy(self.model.logits(hidden), targets)
         out["tokens"] = inputs.numel()
         return out
-
-    def flops_per_token(self, seq_len: int) -> float:
-        return flops_per_token(self.model.cfg, seq_len)
-
-    def export_model(self) -> TransformerLM:
-        return self.model
