@@ -1,6 +1,8 @@
-"""The PyTorchJob and ConfigMap of one training run, built from a JobSpec.
+"""The pod, PyTorchJob and ConfigMap of one training run, built from a JobSpec.
 
-This module is the one definition of the job. `python -m pretrain.submit render|submit` emit it, and
+This module is the one definition of the pod (`pod_template`) and of the PyTorchJob that wraps it;
+pretrain/k8s/trainjob.py wraps the same pod in a Trainer v2 TrainJob and TrainingRuntime.
+`python -m pretrain.submit render|submit` emit the job, and
 k8s/base/pytorchjob.yaml is its rendering for `JobSpec(name="pretrain", trainer="tlm")` (the tests in
 tests/k8s keep the two identical, and every kustomize overlay equal to a `render` with its flags).
 
@@ -31,6 +33,19 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on eve
 # A Kubernetes resource quantity ("8", "500m", "32Gi"), as the API server's schema spells it.
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+@dataclass(frozen=True)
+class PodWiring:
+    """What the job API around the pod decides: the trainer container's name, the pod label that
+    carries the job's name (JOB_NAME), and the ports its controller reads from the container."""
+
+    container: str
+    job_name_label: str
+    ports: tuple[dict[str, Any], ...] = ()
+
+
+PYTORCHJOB_WIRING = PodWiring("pytorch", JOB_NAME_LABEL, ({"name": "pytorchjob-port", "containerPort": MASTER_PORT},))
 
 
 @dataclass(frozen=True)
@@ -141,26 +156,27 @@ def container_command(spec: JobSpec) -> list[str]:
 def _replica_spec(spec: JobSpec, replicas: int) -> dict[str, Any]:
     # OnFailure restarts a crashed container in place (same pod name and address); torchrun then
     # rejoins and the trainer resumes from the newest checkpoint.
-    return {"replicas": replicas, "restartPolicy": "OnFailure", "template": _pod_template(spec)}
+    return {"replicas": replicas, "restartPolicy": "OnFailure", "template": pod_template(spec, PYTORCHJOB_WIRING)}
 
 
-def _pod_template(spec: JobSpec) -> dict[str, Any]:
+def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
+    """The one pod of every job API: image, command, resources, non-root security, volumes."""
     requests: dict[str, Any] = {"cpu": spec.cpus, "memory": spec.memory}
     limits: dict[str, Any] = {"memory": spec.memory}
     if spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = spec.gpus
     container = {
-        "name": "pytorch",
+        "name": wiring.container,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
         "workingDir": DATA_DIR,
         "command": container_command(spec),
         "env": [
             {"name": "JOB_NAME",
-             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}}},
+             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{wiring.job_name_label}']"}}},
             {"name": "HOME", "value": "/tmp"},   # the root filesystem is read-only
         ],
-        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT}],
+        **({"ports": [dict(port) for port in wiring.ports]} if wiring.ports else {}),
         "resources": {"requests": requests, "limits": limits},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
