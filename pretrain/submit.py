@@ -1,7 +1,9 @@
-"""`python -m pretrain.submit`: run a training job on Kubernetes as a Kubeflow PyTorchJob.
+"""`python -m pretrain.submit`: run a training job on Kubernetes as a Kubeflow PyTorchJob or TrainJob.
 
-The job is built by pretrain/k8s/manifest.py (the same job as the kustomize manifests in k8s/), talks
-to the cluster through pretrain/k8s/cluster.py and reads its status with pretrain/k8s/status.py.
+The pod is built by pretrain/k8s/manifest.py, which wraps it in a PyTorchJob; pretrain/k8s/trainjob.py
+wraps the same pod in a Trainer v2 TrainJob and our TrainingRuntime (the same jobs as the kustomize
+manifests in k8s/); pretrain/k8s/kueue.py adds the Kueue labels. The tool talks to the cluster through
+pretrain/k8s/cluster.py and reads a job's status with pretrain/k8s/status.py.
 """
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from data_pipeline.errors import UserError, run_cli
 from pretrain.config import load_config
 from pretrain.k8s import status
-from pretrain.k8s.cluster import Cluster, NotFound, Rejected
+from pretrain.k8s.cluster import PYTORCHJOBS, TRAINJOBS, Cluster, JobResource, NotFound, Rejected
+from pretrain.k8s.kueue import queued
 from pretrain.k8s.manifest import (
     CHECKPOINTS_DIR,
     DATA_DIR,
@@ -27,15 +30,21 @@ from pretrain.k8s.manifest import (
     run_dir,
     to_yaml,
 )
+from pretrain.k8s.trainjob import NODE, training_runtime, train_job
 
 _PROG = "python -m pretrain.submit"
+_APIS: dict[str, JobResource] = {"pytorchjob": PYTORCHJOBS, "trainjob": TRAINJOBS}
 
 _DESCRIPTION = f"""\
-Run a pretraining job on Kubernetes as a Kubeflow PyTorchJob (training operator v1 installed).
+Run a pretraining job on Kubernetes as a Kubeflow PyTorchJob (--api pytorchjob, the default: training
+operator v1) or TrainJob (--api trainjob: Trainer v2). `kubectl api-resources | grep -E
+'pytorchjobs|trainjobs'` shows which of the two a cluster has.
 
-Each job gets a ConfigMap with its --config file and a PyTorchJob: one Master pod plus --workers
-Worker pods (or, with --min-workers, an elastic set of Workers), each running
+Each job gets a ConfigMap with its --config file and the job: a PyTorchJob has one Master pod plus
+--workers Worker pods (or, with --min-workers, an elastic set of Workers); a TrainJob has 1 + --workers
+node pods and uses the TrainingRuntime pretrain-service, which submit creates or updates. Each pod runs
 `torchrun -m pretrain.<trainer> --config /etc/pretrain/config.yaml train.run_dir=... OVERRIDES`.
+With --queue, Kueue admits the job when the queue has quota.
 
 Inside every pod:
   /etc/pretrain/config.yaml   the --config file
@@ -62,7 +71,12 @@ examples:
   # review the manifests, or apply them yourself
   {_PROG} render --trainer tlm --config configs/tiny_mlm.yaml --name tiny --gpus 0 | kubectl apply -f -
 
-  {_PROG} delete bert-1     # the checkpoints stay on the checkpoints PVC"""
+  {_PROG} delete bert-1     # the checkpoints stay on the checkpoints PVC
+
+  # a cluster with Trainer v2 and Kueue: a TrainJob queued in the LocalQueue team-a
+  {_PROG} submit --api trainjob --queue team-a --trainer tlm --config configs/bert_base_mlm.yaml \\
+      --name bert-2 --workers 1 --gpus 8 --image registry.example.com/pretrain-service:0.1.0
+  {_PROG} status bert-2 --api trainjob --watch"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,11 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    job, cluster = _job_arguments(), _cluster_arguments()
+    job, cluster, named = _job_arguments(), _cluster_arguments(), _cluster_command_arguments()
 
-    render = commands.add_parser("render", parents=[job], help="print the ConfigMap and PyTorchJob as YAML",
-                                 description="Print the job's ConfigMap and PyTorchJob as YAML, for review "
-                                             "or `kubectl apply -f -`. Needs no cluster.")
+    render = commands.add_parser("render", parents=[job], help="print the ConfigMap and job as YAML",
+                                 description="Print the job's ConfigMap and PyTorchJob (or TrainingRuntime "
+                                             "and TrainJob) as YAML, for review or `kubectl apply -f -`. "
+                                             "Needs no cluster.")
     render.set_defaults(run=_render)
 
     submit = commands.add_parser("submit", parents=[job, cluster], help="create the job in the cluster",
@@ -87,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "checkpoint; a job still running is left alone.")
     submit.set_defaults(run=_submit)
 
-    show = commands.add_parser("status", parents=[cluster], help="show the job's state, pods and conditions",
+    show = commands.add_parser("status", parents=[named], help="show the job's state, pods and conditions",
                                description="Show the job's state, pods per replica type and conditions. "
                                            "With --watch, follow the conditions until the job finishes and "
                                            "exit 0 if it succeeded, 1 if it failed.")
@@ -97,20 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between polls with --watch (default: 10)")
     show.set_defaults(run=_status)
 
-    logs = commands.add_parser("logs", parents=[cluster], help="print or stream the master's log",
-                               description="Print the log of the job's pytorch container: the master's "
-                                           "(rank 0), or the first worker's for an elastic job.")
+    logs = commands.add_parser("logs", parents=[named], help="print or stream the master's log",
+                               description="Print the log of the job's trainer container: the master's "
+                                           "(rank 0), the first worker's for an elastic job, node 0's for a "
+                                           "TrainJob.")
     logs.add_argument("name")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="stream the log, waiting for the pod to start if it has not yet")
     logs.add_argument("--previous", action="store_true",
                       help="the log of the container's previous run (after a restart)")
-    logs.add_argument("--replica", choices=("master", "worker"), help="which pods (default: master, "
-                      "or worker for an elastic job)")
-    logs.add_argument("--index", type=int, default=0, help="which pod of that replica type (default: 0)")
+    logs.add_argument("--replica", choices=("master", "worker"), help="a PyTorchJob's pods to read (default: "
+                      "master, or worker for an elastic job)")
+    logs.add_argument("--index", type=int, default=0, help="which pod of that replica type, or which node of "
+                      "a TrainJob (default: 0)")
     logs.set_defaults(run=_logs)
 
-    delete = commands.add_parser("delete", parents=[cluster], help="delete the job and its ConfigMap",
+    delete = commands.add_parser("delete", parents=[named], help="delete the job and its ConfigMap",
                                  description="Delete the job, its pods and its ConfigMap. Its checkpoints "
                                              "stay on the checkpoints PVC: a job submitted later under the "
                                              "same name resumes from them.")
@@ -119,10 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _api_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--api", choices=tuple(_APIS), default="pytorchjob",
+                       help="pytorchjob: Kubeflow training operator v1 (default); trainjob: Kubeflow Trainer v2")
+
+
 def _job_arguments() -> argparse.ArgumentParser:
     defaults = JobSpec(name="-", trainer=TRAINERS[0])
     args = argparse.ArgumentParser(add_help=False)
     group = args.add_argument_group("the job")
+    _api_argument(group)
     group.add_argument("--trainer", required=True, choices=TRAINERS,
                        help="tlm: MLM/CLM (BERT, RoBERTa, GPT); paired: dual encoder; discrim: ELECTRA")
     group.add_argument("--config", required=True, type=Path, metavar="FILE",
@@ -135,7 +158,8 @@ def _job_arguments() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=int, default=defaults.workers,
                        help=f"Worker pods besides the Master (default: {defaults.workers})")
     group.add_argument("--min-workers", type=int, metavar="N",
-                       help="make the job elastic: no Master, --workers Workers that may shrink to N")
+                       help="make the job elastic (PyTorchJob only): no Master, --workers Workers that may "
+                            "shrink to N")
     group.add_argument("--gpus", type=int, default=defaults.gpus,
                        help=f"GPUs per pod; 0 runs on CPU (default: {defaults.gpus})")
     group.add_argument("--nproc-per-node", type=int, metavar="N",
@@ -149,6 +173,10 @@ def _job_arguments() -> argparse.ArgumentParser:
                        help=f"PVC with the data, mounted read-only at {DATA_DIR} (default: {defaults.data_pvc})")
     group.add_argument("--checkpoints-pvc", default=defaults.checkpoints_pvc,
                        help=f"shared writable PVC mounted at {CHECKPOINTS_DIR} (default: {defaults.checkpoints_pvc})")
+    group.add_argument("--queue", metavar="NAME", help="Kueue LocalQueue to submit to (label "
+                       "kueue.x-k8s.io/queue-name); the job waits there until Kueue admits it")
+    group.add_argument("--priority-class", metavar="NAME", help="with --queue: Kueue WorkloadPriorityClass "
+                       "(label kueue.x-k8s.io/priority-class)")
     group.add_argument("overrides", nargs="*", metavar="section.key=value",
                        help="config overrides passed to the trainer, e.g. train.max_steps=1000")
     return args
@@ -161,6 +189,13 @@ def _cluster_arguments() -> argparse.ArgumentParser:
                                             "then the pod's service account)")
     group.add_argument("--context", help="kubeconfig context (default: the current one)")
     group.add_argument("--namespace", "-n", help="namespace (default: the context's, else default)")
+    return args
+
+
+def _cluster_command_arguments() -> argparse.ArgumentParser:
+    """The cluster flags plus --api, for the commands that name an existing job."""
+    args = argparse.ArgumentParser(add_help=False, parents=[_cluster_arguments()])
+    _api_argument(args.add_argument_group("the job API"))
     return args
 
 
@@ -182,29 +217,42 @@ def _job_spec(args: argparse.Namespace) -> tuple[JobSpec, str]:
 
 
 def _connect(args: argparse.Namespace) -> Cluster:
-    return Cluster.connect(args.kubeconfig, args.context, args.namespace)
+    return Cluster.connect(args.kubeconfig, args.context, args.namespace, _APIS[args.api])
+
+
+def _job(spec: JobSpec, args: argparse.Namespace) -> dict:
+    """The job of the chosen API, with the Kueue labels when --queue is given."""
+    job = train_job(spec) if args.api == "trainjob" else pytorch_job(spec)
+    return queued(job, args.queue, args.priority_class)
 
 
 def _render(args: argparse.Namespace) -> int:
     spec, config_text = _job_spec(args)
-    sys.stdout.write(to_yaml([config_map(spec, config_text), pytorch_job(spec)]))
+    job = _job(spec, args)
+    runtime = [training_runtime()] if args.api == "trainjob" else []
+    sys.stdout.write(to_yaml([config_map(spec, config_text), *runtime, job]))
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
     spec, config_text = _job_spec(args)
-    job = pytorch_job(spec)
+    job = _job(spec, args)
     cluster = _connect(args)
+    kind = cluster.jobs.singular
     previous = cluster.find_job(spec.name)
     if previous is not None:
         if not status.is_finished(previous):
-            raise UserError(f"pytorchjob {spec.name} is still {status.state(previous)} in namespace "
-                            f"{cluster.namespace}; follow it with `{_PROG} status {spec.name} --watch`, or "
-                            f"stop it with `{_PROG} delete {spec.name}` before submitting again")
-        print(f"pytorchjob/{spec.name} {status.state(previous).lower()} earlier: re-creating it; training "
+            raise UserError(f"{kind} {spec.name} is still {status.state(previous)} in namespace "
+                            f"{cluster.namespace}; follow it with `{_PROG} status {spec.name} --api {args.api} "
+                            f"--watch`, or stop it with `{_PROG} delete {spec.name} --api {args.api}` before "
+                            "submitting again")
+        print(f"{kind}/{spec.name} {status.state(previous).lower()} earlier: re-creating it; training "
               f"resumes from the newest checkpoint in {run_dir(spec.name)}")
         cluster.delete_job(spec.name)
         cluster.wait_job_deleted(spec.name)
+    if args.api == "trainjob":
+        runtime = training_runtime()
+        print(f"trainingruntime/{runtime['metadata']['name']} {cluster.apply_training_runtime(runtime)}")
     cluster.apply_config_map(config_map(spec, config_text))
     try:
         created = cluster.create_job(job)
@@ -212,13 +260,17 @@ def _submit(args: argparse.Namespace) -> int:
         cluster.delete_config_map(spec.config_map_name)
         raise
     cluster.make_owned_by(spec.config_map_name, created)
-    pods = "" if spec.elastic else "1 Master + "
-    print(f"created pytorchjob/{spec.name} in namespace {cluster.namespace}: {pods}{spec.workers} Worker "
-          f"pods x {spec.procs_per_pod} processes, image {spec.image}")
+    if args.api == "trainjob":
+        pods = f"{spec.workers + 1} node"
+    else:
+        pods = f"{'' if spec.elastic else '1 Master + '}{spec.workers} Worker"
+    queue = f", queued in {args.queue}" if args.queue else ""
+    print(f"created {kind}/{spec.name} in namespace {cluster.namespace}: {pods} pods x {spec.procs_per_pod} "
+          f"processes, image {spec.image}{queue}")
     print(f"run directory: {run_dir(spec.name)} on PVC {spec.checkpoints_pvc} (submitting {spec.name} again "
           "resumes from its newest checkpoint)")
-    print(f"follow it:  {_PROG} status {spec.name} --watch\n"
-          f"            {_PROG} logs {spec.name} --follow")
+    print(f"follow it:  {_PROG} status {spec.name} --api {args.api} --watch\n"
+          f"            {_PROG} logs {spec.name} --api {args.api} --follow")
     return 0
 
 
@@ -238,7 +290,7 @@ def _status(args: argparse.Namespace) -> int:
                 seen.add(key)
                 print(f"  {status.condition_line(condition)}", flush=True)
         if status.is_finished(job):
-            return 0 if status.state(job) == "Succeeded" else 1
+            return 0 if status.succeeded(job) else 1
         time.sleep(args.interval)
         job = cluster.get_job(args.name)
 
@@ -246,21 +298,44 @@ def _status(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     cluster = _connect(args)
     job = cluster.get_job(args.name)
-    pod = _pod_name(job, args.replica, args.index)
+    if args.api == "trainjob":
+        container, what, find_pod = NODE, f"node {args.index} of trainjob {args.name}", _node_pod(cluster, job, args)
+    else:
+        pod = _pod_name(job, args.replica, args.index)
+        container, what, find_pod = "pytorch", f"pod {pod}", lambda: pod
     waiting_for = ""
     while True:
         try:
-            for chunk in cluster.stream_log(pod, follow=args.follow, previous=args.previous):
+            for chunk in cluster.stream_log(find_pod(), container, follow=args.follow, previous=args.previous):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
             return 0
         except (NotFound, Rejected) as err:
             if not args.follow:
-                raise UserError(f"no log from pod {pod} yet ({err}); use --follow to wait for it") from None
+                raise UserError(f"no log from {what} yet ({err}); use --follow to wait for it") from None
             if str(err) != waiting_for:
                 waiting_for = str(err)
-                print(f"waiting for pod {pod}: {err}", file=sys.stderr, flush=True)
+                print(f"waiting for {what}: {err}", file=sys.stderr, flush=True)
             time.sleep(2.0)
+
+
+def _node_pod(cluster: Cluster, job: dict, args: argparse.Namespace) -> Callable[[], str]:
+    """A TrainJob's node pods are its JobSet's Indexed Job pods, named <job>-node-0-<index>-<random>:
+    node `index` is the newest pod with its labels (a restarted node's pod is a new one)."""
+    name, nodes = job["metadata"]["name"], (job["spec"].get("trainer") or {}).get("numNodes", 1)
+    if args.replica is not None:
+        raise UserError(f"--replica is for PyTorchJobs; a TrainJob's pods are nodes: pass --index 0..{nodes - 1}")
+    if not 0 <= args.index < nodes:
+        raise UserError(f"trainjob {name} has no node {args.index}; it has nodes 0..{nodes - 1}")
+    selector = (f"{TRAINJOBS.pod_label}={name},jobset.sigs.k8s.io/replicatedjob-name={NODE},"
+                f"batch.kubernetes.io/job-completion-index={args.index}")
+
+    def find() -> str:
+        pod = cluster.newest_pod(selector)
+        if pod is None:
+            raise NotFound(f"no pod with labels {selector}")
+        return pod
+    return find
 
 
 def _pod_name(job: dict, replica: str | None, index: int) -> str:
@@ -279,7 +354,7 @@ def _delete(args: argparse.Namespace) -> int:
     cluster.get_job(args.name)
     cluster.delete_job(args.name)
     cluster.delete_config_map(config_map_name(args.name))
-    print(f"deleted pytorchjob/{args.name}; its checkpoints stay in {run_dir(args.name)} on the checkpoints "
+    print(f"deleted {cluster.jobs.singular}/{args.name}; its checkpoints stay in {run_dir(args.name)} on the checkpoints "
           f"PVC, and a job submitted as {args.name} again resumes from them")
     return 0
 

@@ -1,8 +1,9 @@
 """The few Kubernetes API calls the submit tool makes, each failure turned into a one-line UserError.
 
-PyTorchJobs go through CustomObjectsApi (group kubeflow.org, version v1), the ConfigMap holding the
-config and the pods' logs through CoreV1Api. The cluster comes from a kubeconfig (--kubeconfig,
-$KUBECONFIG or ~/.kube/config) or, inside a pod, from its service account.
+Jobs (PyTorchJobs: kubeflow.org/v1; TrainJobs and our TrainingRuntime: trainer.kubeflow.org/v1alpha1)
+go through CustomObjectsApi, the ConfigMap holding the config and the pods and their logs through
+CoreV1Api. The cluster comes from a kubeconfig (--kubeconfig, $KUBECONFIG or ~/.kube/config) or,
+inside a pod, from its service account.
 """
 from __future__ import annotations
 
@@ -19,9 +20,31 @@ from kubernetes import client, config
 
 from data_pipeline.errors import UserError
 
-GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
-INSTALL_OPERATOR = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
-                    'manifests/overlays/standalone?ref=v1.9.3"')
+
+
+@dataclass(frozen=True)
+class JobResource:
+    """Where a job API lives on the API server, the label on its pods, and how to install it."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    pod_label: str            # carries the job's name on each of its pods
+    install: str              # what to install, and the command, when the API server lacks the resource
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+
+PYTORCHJOBS = JobResource("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", "training.kubeflow.org/job-name",
+                          'the Kubeflow training operator: kubectl apply --server-side -k "github.com/kubeflow/'
+                          'training-operator.git/manifests/overlays/standalone?ref=v1.9.3"')
+TRAINJOBS = JobResource("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "jobset.sigs.k8s.io/jobset-name",
+                        'Kubeflow Trainer v2: kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/'
+                        'manifests/overlays/manager?ref=v2.3.0"')
+RUNTIMES_PLURAL = "trainingruntimes"
 _TIMEOUT = (10.0, 60.0)   # connect, read (seconds); log streams have no read timeout
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -44,10 +67,11 @@ class Cluster:
 
     api: client.ApiClient
     namespace: str
+    jobs: JobResource = PYTORCHJOBS
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None,
-                namespace: str | None = None) -> Cluster:
+                namespace: str | None = None, jobs: JobResource = PYTORCHJOBS) -> Cluster:
         """Kubeconfig if one exists (flag, $KUBECONFIG, ~/.kube/config), else the pod's service account."""
         path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
         if any(Path(p).expanduser().is_file() for p in path.split(os.pathsep) if p):
@@ -71,48 +95,74 @@ class Cluster:
         else:
             raise UserError(f"no Kubernetes cluster configured: no kubeconfig at {path} and not running in "
                             "a pod; set KUBECONFIG or pass --kubeconfig")
-        return cls(api, namespace or default_namespace)
+        return cls(api, namespace or default_namespace, jobs)
 
     @property
     def host(self) -> str:
         return self.api.configuration.host
 
-    # -- PyTorchJobs ----------------------------------------------------------------------------------
+    # -- jobs (PyTorchJobs or TrainJobs) ---------------------------------------------------------------
 
     def find_job(self, name: str) -> dict[str, Any] | None:
         """The job, or None if there is no job of that name."""
+        jobs = self.jobs
         try:
-            return self._call(f"read pytorchjob {name}", PLURAL, client.CustomObjectsApi(self.api)
-                              .get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+            return self._call(f"read {jobs.singular} {name}", jobs.plural, client.CustomObjectsApi(self.api)
+                              .get_namespaced_custom_object, jobs.group, jobs.version, self.namespace,
+                              jobs.plural, name)
         except NotFound:
             return None
 
     def get_job(self, name: str) -> dict[str, Any]:
         job = self.find_job(name)
         if job is None:
-            raise NotFound(f"no pytorchjob {name!r} in namespace {self.namespace}; list them with "
-                           f"`kubectl get pytorchjobs -n {self.namespace}`")
+            raise NotFound(f"no {self.jobs.singular} {name!r} in namespace {self.namespace}; list them with "
+                           f"`kubectl get {self.jobs.plural} -n {self.namespace}`")
         return job
 
     def create_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        return self._call(f"create pytorchjob {job['metadata']['name']}", PLURAL,
+        jobs = self.jobs
+        return self._call(f"create {jobs.singular} {job['metadata']['name']}", jobs.plural,
                           client.CustomObjectsApi(self.api).create_namespaced_custom_object,
-                          GROUP, VERSION, self.namespace, PLURAL, job)
+                          jobs.group, jobs.version, self.namespace, jobs.plural, job)
 
     def delete_job(self, name: str) -> None:
-        """Delete the job; Foreground keeps it visible until the operator's pods are gone."""
-        self._call(f"delete pytorchjob {name}", PLURAL,
-                   client.CustomObjectsApi(self.api).delete_namespaced_custom_object,
-                   GROUP, VERSION, self.namespace, PLURAL, name, body={"propagationPolicy": "Foreground"})
+        """Delete the job; Foreground keeps it visible until the controller's pods are gone."""
+        jobs = self.jobs
+        self._call(f"delete {jobs.singular} {name}", jobs.plural,
+                   client.CustomObjectsApi(self.api).delete_namespaced_custom_object, jobs.group, jobs.version,
+                   self.namespace, jobs.plural, name, body={"propagationPolicy": "Foreground"})
 
     def wait_job_deleted(self, name: str, timeout_s: float = 300.0, poll_s: float = 2.0) -> None:
         deadline = time.monotonic() + timeout_s
         while self.find_job(name) is not None:
             if time.monotonic() > deadline:
-                raise UserError(f"pytorchjob {name} is still being deleted after {timeout_s:.0f}s; check its "
-                                f"pods: kubectl get pods -n {self.namespace} -l training.kubeflow.org/"
-                                f"job-name={name}")
+                raise UserError(f"{self.jobs.singular} {name} is still being deleted after {timeout_s:.0f}s; "
+                                f"check its pods: kubectl get pods -n {self.namespace} -l "
+                                f"{self.jobs.pod_label}={name}")
             time.sleep(poll_s)
+
+    # -- TrainingRuntimes -----------------------------------------------------------------------------
+
+    def apply_training_runtime(self, runtime: dict[str, Any]) -> str:
+        """Create the runtime, or replace one whose spec differs; says which it did ("created", ...)."""
+        name, group, version = runtime["metadata"]["name"], TRAINJOBS.group, TRAINJOBS.version
+        custom = client.CustomObjectsApi(self.api)
+        try:
+            current = self._call(f"read trainingruntime {name}", RUNTIMES_PLURAL, custom.get_namespaced_custom_object,
+                                 group, version, self.namespace, RUNTIMES_PLURAL, name)
+        except NotFound:
+            self._call(f"create trainingruntime {name}", RUNTIMES_PLURAL, custom.create_namespaced_custom_object,
+                       group, version, self.namespace, RUNTIMES_PLURAL, runtime)
+            return "created"
+        if current.get("spec") == runtime["spec"]:
+            return "unchanged"
+        # Custom resources are only replaced at the version read (no unconditional update).
+        replacement = {**runtime, "metadata": {**runtime["metadata"],
+                                               "resourceVersion": current["metadata"].get("resourceVersion")}}
+        self._call(f"replace trainingruntime {name}", RUNTIMES_PLURAL, custom.replace_namespaced_custom_object,
+                   group, version, self.namespace, RUNTIMES_PLURAL, name, replacement)
+        return "updated"
 
     # -- ConfigMaps -----------------------------------------------------------------------------------
 
@@ -140,13 +190,20 @@ class Cluster:
             self._call(f"delete configmap {name}", "configmaps",
                        client.CoreV1Api(self.api).delete_namespaced_config_map, name, self.namespace)
 
-    # -- logs -----------------------------------------------------------------------------------------
+    # -- pods and logs --------------------------------------------------------------------------------
 
-    def stream_log(self, pod: str, follow: bool = False, previous: bool = False) -> Iterator[bytes]:
-        """The pytorch container's log as it arrives; NotFound/Rejected while the pod is not running yet."""
+    def newest_pod(self, selector: str) -> str | None:
+        """The name of the newest pod matching the label selector, or None if there is none."""
+        pods = self._call(f"list pods {selector}", "pods", client.CoreV1Api(self.api).list_namespaced_pod,
+                          self.namespace, label_selector=selector).items
+        newest = max(pods, key=lambda pod: pod.metadata.creation_timestamp, default=None)
+        return None if newest is None else newest.metadata.name
+
+    def stream_log(self, pod: str, container: str, follow: bool = False, previous: bool = False) -> Iterator[bytes]:
+        """A container's log as it arrives; NotFound/Rejected while the pod is not running yet."""
         response = self._call(f"read the log of pod {pod}", "pods",
                               client.CoreV1Api(self.api).read_namespaced_pod_log, pod, self.namespace,
-                              container="pytorch", follow=follow, previous=previous,
+                              container=container, follow=follow, previous=previous,
                               _preload_content=False, timeout=None)
         try:
             yield from response.stream(64 * 1024)
@@ -185,9 +242,10 @@ class Cluster:
                              f"--list -n {self.namespace}`)")
         if err.status == 404 and status.get("reason") == "NotFound":
             return NotFound(f"cannot {action}: {message}")
-        if err.status == 404 and resource == PLURAL:
-            return UserError(f"the cluster at {self.host} has no PyTorchJob resource ({PLURAL}.{GROUP}/"
-                             f"{VERSION}); install the Kubeflow training operator: {INSTALL_OPERATOR}")
+        if err.status == 404 and resource in (self.jobs.plural, RUNTIMES_PLURAL):
+            jobs = self.jobs
+            return UserError(f"the cluster at {self.host} has no {jobs.kind} resource ({jobs.plural}.{jobs.group}/"
+                             f"{jobs.version}); install {jobs.install}")
         if err.status == 409:
             return AlreadyExists(f"cannot {action}: {message}")
         if err.status in (400, 422):

@@ -1,4 +1,5 @@
-"""Everything under k8s/: it renders, the cluster would admit it, and it is the job `submit` builds."""
+"""Everything under k8s/: it renders, the cluster would admit it, and it is the job `submit` builds
+(for each job API: PyTorchJobs in k8s/base and k8s/overlays, TrainJobs under k8s/trainjob)."""
 from __future__ import annotations
 
 import shutil
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from pretrain.k8s.manifest import JobSpec, pytorch_job
+from pretrain.k8s.trainjob import train_job, training_runtime
 from tests.k8s.kustomize import build, config_map_hash
 from tests.k8s.validation import resource_errors
 
@@ -36,6 +38,11 @@ RECIPES: dict[str, tuple[str, JobSpec]] = {
                                                        min_workers=2, overrides=_SHARDS + _WORDPIECE)),
 }
 
+# The same recipes as Trainer v2 TrainJobs (no elastic one: Trainer v2 has no elastic policy).
+TRAINJOB_RECIPES: dict[str, tuple[str, JobSpec]] = {
+    f"trainjob/{directory}": recipe
+    for directory, recipe in RECIPES.items() if not recipe[1].elastic}
+
 
 def _by_kind(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {resource["kind"]: resource for resource in resources}
@@ -48,6 +55,8 @@ def _sorted(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_job_kustomization_is_a_recipe() -> None:
     jobs = {d for d in KUSTOMIZATIONS if any(r["kind"] == "PyTorchJob" for r in build(K8S / d))}
     assert jobs == set(RECIPES)
+    train_jobs = {d for d in KUSTOMIZATIONS if any(r["kind"] == "TrainJob" for r in build(K8S / d))}
+    assert train_jobs == set(TRAINJOB_RECIPES)
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
@@ -71,9 +80,26 @@ def test_recipe_job_is_what_submit_renders_with_its_flags(directory: str) -> Non
     assert rendered["PyTorchJob"] == expected
 
 
-@pytest.mark.parametrize("directory", [d for d in RECIPES if (K8S / d / "config.yaml").exists()])
+@pytest.mark.parametrize("directory", TRAINJOB_RECIPES)
+def test_recipe_trainjob_is_what_submit_renders_with_its_flags(directory: str) -> None:
+    _, spec = TRAINJOB_RECIPES[directory]
+    rendered = _by_kind(build(K8S / directory))
+    config_map = rendered["ConfigMap"]
+    assert config_map["metadata"]["name"] == f"{spec.config_map_name}-{config_map_hash(config_map)}"
+    expected = train_job(spec)
+    patch = expected["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    volumes = {volume["name"]: volume for volume in patch["template"]["spec"]["template"]["spec"]["volumes"]}
+    volumes["config"]["configMap"]["name"] = config_map["metadata"]["name"]
+    assert rendered["TrainJob"] == expected
+
+
+def test_shipped_training_runtime_is_what_submit_renders() -> None:
+    assert build(K8S / "trainjob" / "runtime") == [training_runtime()]
+
+
+@pytest.mark.parametrize("directory", [d for d in {**RECIPES, **TRAINJOB_RECIPES} if (K8S / d / "config.yaml").exists()])
 def test_config_copy_is_identical_to_its_source_in_configs(directory: str) -> None:
-    source = ROOT / "configs" / RECIPES[directory][0]
+    source = ROOT / "configs" / {**RECIPES, **TRAINJOB_RECIPES}[directory][0]
     copy = K8S / directory / "config.yaml"
     assert source.is_file(), f"{source} does not exist; point RECIPES at the config {copy} copies"
     assert copy.read_bytes() == source.read_bytes(), \
@@ -93,3 +119,7 @@ def test_strict_schema_check_rejects_a_misspelled_field() -> None:
     job["spec"]["pytorchReplicaSpecs"]["Master"]["restartpolicy"] = "Never"
     assert resource_errors(job) == [
         "spec.pytorchReplicaSpecs.Master: Additional properties are not allowed ('restartpolicy' was unexpected)"]
+    train = _by_kind(build(K8S / "trainjob" / "base"))["TrainJob"]
+    train["spec"]["trainer"]["numProcsPerNode"] = 2
+    assert resource_errors(train) == [
+        "spec.trainer: Additional properties are not allowed ('numProcsPerNode' was unexpected)"]

@@ -242,3 +242,13 @@ def test_override_of_the_wrong_type_is_a_user_error(config_file, capsys) -> None
     assert _run("render", "--trainer", "tlm", "--config", str(config_file), "--name", "demo",
                 "train.max_steps=many") == 2
     assert "train.max_steps must be an integer, got 'many'" in capsys.readouterr().err
+
+
+def test_render_trainjob_prints_a_config_map_our_runtime_and_an_admissible_trainjob(config_file: Path, capsys) -> None:
+    assert _run("render", "--api", "trainjob", "--trainer", "tlm", "--config", str(config_file), "--name", "demo",
+                "--workers", "1", "--gpus", "0", "train.max_steps=5") == 0
+    config_map, runtime, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert (config_map["kind"], runtime["kind"], job["kind"]) == ("ConfigMap", "TrainingRuntime", "TrainJob")
+    assert [resource_errors(r) for r in (config_map, runtime, job)] == [[], [], []]
+    assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+    assert job["spec"]["trainer"]["command"][-1] == "train.max_steps=5"

@@ -3,6 +3,9 @@
 - PyTorchJob: the operator's CRD schema (tests/k8s/fixtures, copied from the release-1.9 CRD), made
   strict like `kubectl apply`'s default field validation (unknown fields are errors), then the
   operator's admission rules (pretrain/k8s/rules.py), then each pod template as a Pod;
+- TrainJob and TrainingRuntime: the Trainer v2 CRD schemas (tests/k8s/fixtures, release 2.3), strict
+  the same way; a TrainJob then the webhook's rules (pretrain/k8s/trainjob.py), a TrainingRuntime's
+  pod templates as Pods;
 - everything else, and the pod templates: the Kubernetes API schemas of kubernetes-validate (offline),
   strict as well.
 """
@@ -17,16 +20,29 @@ import kubernetes_validate
 import yaml
 
 from pretrain.k8s.rules import pytorch_job_errors
+from pretrain.k8s.trainjob import train_job_errors
 
-CRD = Path(__file__).parent / "fixtures" / "kubeflow.org_pytorchjobs.yaml"
+FIXTURES = Path(__file__).parent / "fixtures"
+CRDS = {"PyTorchJob": FIXTURES / "kubeflow.org_pytorchjobs.yaml",
+        "TrainJob": FIXTURES / "trainer.kubeflow.org_trainjobs.yaml",
+        "TrainingRuntime": FIXTURES / "trainer.kubeflow.org_trainingruntimes.yaml"}
 KUBERNETES_VERSION = "1.29"    # the oldest release the training operator 1.9 supports
 
 
 def resource_errors(resource: dict[str, Any]) -> list[str]:
     """Every reason the API server (with the operator's webhook) would refuse `resource`."""
-    if resource.get("kind") != "PyTorchJob":
+    kind = resource.get("kind", "")
+    if kind not in CRDS:
         return _kubernetes_errors(resource)
-    errors = [f"{_path(e)}: {e.message}" for e in _pytorch_job_schema().iter_errors(resource)]
+    errors = [f"{_path(e)}: {e.message}" for e in _crd_schema(kind).iter_errors(resource)]
+    if kind == "TrainJob":
+        return errors + train_job_errors(resource)
+    if kind == "TrainingRuntime":
+        for rjob in resource.get("spec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", []):
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"runtime-{rjob.get('name')}-0-0"},
+                   "spec": rjob.get("template", {}).get("spec", {}).get("template", {}).get("spec", {})}
+            errors += [f"{rjob.get('name')} pod template: {e}" for e in _kubernetes_errors(pod)]
+        return errors
     errors += pytorch_job_errors(resource)
     name = resource.get("metadata", {}).get("name", "job")
     for rtype, rspec in resource.get("spec", {}).get("pytorchReplicaSpecs", {}).items():
@@ -45,8 +61,8 @@ def _kubernetes_errors(resource: dict[str, Any]) -> list[str]:
 
 
 @functools.cache
-def _pytorch_job_schema() -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+def _crd_schema(kind: str) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load(CRDS[kind].read_text(encoding="utf-8"))
     return jsonschema.Draft7Validator(_strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
 
 
