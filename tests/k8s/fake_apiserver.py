@@ -1,8 +1,10 @@
 """A stand-in Kubernetes API server (http.server in a thread) for the calls `pretrain.submit` makes.
 
-It keeps ConfigMaps and PyTorchJobs in memory per namespace, serves pod logs from scripted responses,
-records every request, and answers errors like the real server: a JSON metav1.Status, except a
-plain-text `404 page not found` under an API group that is not installed (no PyTorchJob CRD).
+It keeps ConfigMaps, PyTorchJobs, TrainJobs, TrainingRuntimes and pods in memory per namespace, lists
+pods by label selector, serves pod logs from scripted responses, records every request, and answers
+errors like the real server: a JSON metav1.Status, except a plain-text `404 page not found` under an
+API group that is not installed (no PyTorchJob CRD, no Trainer v2). Custom resources are replaced
+only at the resourceVersion they were read at, as the real server demands of them.
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-_ROUTE = re.compile(r"^/(?:api/v1|apis/kubeflow\.org/v1)/namespaces/(?P<namespace>[^/]+)/"
-                    r"(?P<resource>configmaps|pytorchjobs|pods)(?:/(?P<name>[^/]+))?(?P<log>/log)?$")
+_ROUTE = re.compile(r"^/(?P<group>api/v1|apis/kubeflow\.org/v1|apis/trainer\.kubeflow\.org/v1alpha1)/namespaces/"
+                    r"(?P<namespace>[^/]+)/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?(?P<log>/log)?$")
+_RESOURCES = {"api/v1": ("configmaps", "pods"), "apis/kubeflow.org/v1": ("pytorchjobs",),
+              "apis/trainer.kubeflow.org/v1alpha1": ("trainjobs", "trainingruntimes")}
+_CUSTOM = ("pytorchjobs", "trainjobs", "trainingruntimes")
+_PLURALS = {"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,8 @@ class Request:
 class FakeApiServer:
     """Start with `with FakeApiServer() as server:`; point a kubeconfig at it with `server.kubeconfig()`."""
 
-    def __init__(self, crd_installed: bool = True) -> None:
-        self.crd_installed = crd_installed
+    def __init__(self, crd_installed: bool = True, trainer_installed: bool = True) -> None:
+        self.crd_installed, self.trainer_installed = crd_installed, trainer_installed
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}   # (resource, namespace, name)
         self.requests: list[Request] = []
         self._failures: list[tuple[str, re.Pattern[str], int, str]] = []
@@ -73,8 +79,14 @@ class FakeApiServer:
 
     def add_job(self, namespace: str, job: dict[str, Any], *statuses: dict[str, Any]) -> None:
         """Store a job as if created earlier; each GET returns the next status (the last one repeats)."""
-        self.objects[("pytorchjobs", namespace, job["metadata"]["name"])] = _stored(job)
+        self.objects[(_PLURALS[job["kind"]], namespace, job["metadata"]["name"])] = _stored(job)
         self.script_job_statuses(job["metadata"]["name"], *statuses)
+
+    def add_pod(self, namespace: str, name: str, labels: dict[str, str], created: str) -> None:
+        """A pod, as a controller would have created it at `created` (RFC 3339)."""
+        self.objects[("pods", namespace, name)] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "creationTimestamp": created}}
 
     def script_job_statuses(self, name: str, *statuses: dict[str, Any]) -> None:
         self._job_statuses[name] = deque(statuses)
@@ -95,12 +107,16 @@ class FakeApiServer:
                 return code, _status(code, message)
         if path.startswith("/apis/kubeflow.org/") and not self.crd_installed:
             return 404, b"404 page not found\n"
+        if path.startswith("/apis/trainer.kubeflow.org/") and not self.trainer_installed:
+            return 404, b"404 page not found\n"
         route = _ROUTE.match(path)
-        if route is None:
+        if route is None or route["resource"] not in _RESOURCES[route["group"]]:
             return 404, b"404 page not found\n"
         resource, namespace, name = route["resource"], route["namespace"], route["name"]
         if route["log"]:
             return self._log(name)
+        if method == "GET" and resource == "pods" and name is None:
+            return 200, self._pod_list(namespace, query.get("labelSelector", [""])[0])
         key = (resource, namespace, name or (body or {}).get("metadata", {}).get("name"))
         if method == "POST":
             if key in self.objects:
@@ -112,7 +128,16 @@ class FakeApiServer:
         if method == "GET":
             return 200, self._with_status(self.objects[key])
         if method == "PUT":
-            self.objects[key] = {**body, "metadata": {**body["metadata"], "uid": self.objects[key]["metadata"]["uid"]}}
+            stored = self.objects[key]["metadata"]
+            if resource in _CUSTOM and body["metadata"].get("resourceVersion") != stored.get("resourceVersion"):
+                if not body["metadata"].get("resourceVersion"):
+                    return 422, _status(422, f'{resource} "{name}" is invalid: metadata.resourceVersion: Invalid '
+                                             'value: 0x0: must be specified for an update', "Invalid")
+                return 409, _status(409, f'Operation cannot be fulfilled on {resource} "{name}": the object has '
+                                         'been modified; please apply your changes to the latest version and try '
+                                         'again', "Conflict")
+            self.objects[key] = {**body, "metadata": {**body["metadata"], "uid": stored["uid"],
+                                                      "resourceVersion": str(int(stored.get("resourceVersion", 1)) + 1)}}
             return 200, self.objects[key]
         if method == "PATCH":
             self.objects[key]["metadata"].update(body.get("metadata", {}))
@@ -122,9 +147,16 @@ class FakeApiServer:
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
         return 405, _status(405, f"method {method} not allowed")
 
+    def _pod_list(self, namespace: str, selector: str) -> dict[str, Any]:
+        """Pods whose labels hold every key=value of an equality-based selector."""
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        items = [pod for (resource, ns, _), pod in self.objects.items() if resource == "pods" and ns == namespace
+                 and wanted.items() <= pod["metadata"]["labels"].items()]
+        return {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+
     def _with_status(self, obj: dict[str, Any]) -> dict[str, Any]:
         statuses = self._job_statuses.get(obj["metadata"]["name"])
-        if obj.get("kind") != "PyTorchJob" or not statuses:
+        if obj.get("kind") not in _PLURALS or not statuses:
             return obj
         status = statuses.popleft() if len(statuses) > 1 else statuses[0]
         return {**obj, "status": status}
@@ -140,7 +172,8 @@ class FakeApiServer:
 
 
 def _stored(obj: dict[str, Any]) -> dict[str, Any]:
-    metadata = {**obj["metadata"], "uid": str(uuid.uuid4()), "creationTimestamp": "2026-11-21T10:00:00Z"}
+    metadata = {"creationTimestamp": "2026-11-21T10:00:00Z", **obj["metadata"], "uid": str(uuid.uuid4()),
+                "resourceVersion": "1"}
     return {**obj, "metadata": metadata}
 
 
