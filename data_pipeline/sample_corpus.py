@@ -44,6 +44,7 @@ MIN_WORDS = 5
 PAIR_MIN_WORDS = 3
 VALID_ONE_IN = 50
 DEFAULT_VOCAB_SIZE = 8000
+SHARD_SETS = {"train": False, "valid": False, "paired_train": True, "paired_valid": True}  # name: paired?
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -177,30 +178,50 @@ def prepare_sample_data(out_dir: str | Path, kind: str = "wordpiece", vocab_size
         return _prepare_locked(out_dir, kind, vocab_size, processes)
 
 
-def _prepare_locked(out_dir: Path, kind: str, vocab_size: int, processes: int | None) -> dict[str, Path]:
-    corpus = SampleCorpus.in_dir(out_dir / "corpus")
-    if corpus.exists():
-        log.info("%s: sample corpus exists, kept", corpus.train.parent)
-    else:
-        build_sample_corpus(corpus.train.parent)
-    tokenizer_dir = out_dir / f"{kind}-{vocab_size}"
+def sample_data_paths(out_dir: str | Path, kind: str = "wordpiece",
+                      vocab_size: int = DEFAULT_VOCAB_SIZE) -> dict[str, Path]:
+    """Where `prepare_sample_data` puts each of its outputs (see there), whether or not they exist yet."""
+    corpus = SampleCorpus.in_dir(Path(out_dir) / "corpus")
+    tokenizer_dir = Path(out_dir) / f"{kind}-{vocab_size}"
     spec = vocab_files(kind, tokenizer_dir)
-    vocab = [Path(p) for p in (spec.vocab, spec.codes) if p]
-    if all(p.is_file() for p in vocab):
-        log.info("%s: vocab exists, kept", tokenizer_dir)
-    else:
-        learn_vocab(kind, [corpus.train], tokenizer_dir, vocab_size)
     paths = {"corpus": corpus.train.parent, "train_text": corpus.train, "valid_text": corpus.valid,
              "paired_train_text": corpus.paired_train, "paired_valid_text": corpus.paired_valid,
              "vocab": Path(spec.vocab)}
     if spec.codes:
         paths["codes"] = Path(spec.codes)
-    for name, text, paired in (("train", corpus.train, False), ("valid", corpus.valid, False),
-                               ("paired_train", corpus.paired_train, True),
-                               ("paired_valid", corpus.paired_valid, True)):
+    for name in SHARD_SETS:
         paths[name] = tokenizer_dir / name
+    return paths
+
+
+def find_sample_data(out_dir: str | Path, kind: str = "wordpiece",
+                     vocab_size: int = DEFAULT_VOCAB_SIZE) -> dict[str, Path] | None:
+    """The paths of a finished `prepare_sample_data` tree, or None; only reads (no lock), so that a
+    training pod can use the data on a read-only volume that a data Job prepared."""
+    paths = sample_data_paths(out_dir, kind, vocab_size)
+    files = [paths[key] for key in ("train_text", "valid_text", "paired_train_text", "paired_valid_text",
+                                    "vocab", "codes") if key in paths]
+    finished = all(p.is_file() for p in files) and all(any(paths[n].glob(SHARD_GLOB)) for n in SHARD_SETS)
+    return paths if finished else None
+
+
+def _prepare_locked(out_dir: Path, kind: str, vocab_size: int, processes: int | None) -> dict[str, Path]:
+    paths = sample_data_paths(out_dir, kind, vocab_size)
+    corpus = SampleCorpus.in_dir(paths["corpus"])
+    if corpus.exists():
+        log.info("%s: sample corpus exists, kept", corpus.train.parent)
+    else:
+        build_sample_corpus(corpus.train.parent)
+    tokenizer_dir = paths["vocab"].parent
+    vocab = [paths[key] for key in ("vocab", "codes") if key in paths]
+    if all(p.is_file() for p in vocab):
+        log.info("%s: vocab exists, kept", tokenizer_dir)
+    else:
+        learn_vocab(kind, [corpus.train], tokenizer_dir, vocab_size)
+    spec = vocab_files(kind, tokenizer_dir)
+    for name, paired in SHARD_SETS.items():
         if any(paths[name].glob(SHARD_GLOB)):  # preprocess renames a finished directory into place
             log.info("%s: shards exist, kept", paths[name])
         else:
-            preprocess([text], paths[name], spec, paired=paired, processes=processes)
+            preprocess([paths[f"{name}_text"]], paths[name], spec, paired=paired, processes=processes)
     return paths

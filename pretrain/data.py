@@ -1,15 +1,17 @@
 """The `data` section every trainer shares, and the readers it builds for this rank."""
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from torch.utils.data import IterableDataset
 
 from data_pipeline.errors import UserError
 from data_pipeline.readers import ShardedDataset, Transform
-from data_pipeline.sample_corpus import prepare_sample_data
+from data_pipeline.sample_corpus import find_sample_data, prepare_sample_data
 from data_pipeline.streaming import TextStreamDataset
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
 from pretrain.distributed import DistEnv
@@ -68,12 +70,29 @@ def resolve_sample_data(cfg: DataConfig, paired: bool) -> DataConfig:
         return cfg
     if cfg.train or cfg.valid:
         raise UserError("set either data.sample.dir (built-in sample corpus) or data.train/data.valid, not both")
-    # Every process may call it: a file lock inside lets the first build and the others wait, then read.
-    paths = prepare_sample_data(cfg.sample.dir, kind=cfg.tokenizer.kind, vocab_size=cfg.sample.vocab_size)
+    paths = sample_data(cfg.sample, cfg.tokenizer.kind)
     prefix = "paired_" if paired else ""
     tokenizer = replace(cfg.tokenizer, vocab=str(paths["vocab"]), codes=str(paths.get("codes") or ""))
     return replace(cfg, train=(str(paths[f"{prefix}train"]),), valid=(str(paths[f"{prefix}valid"]),),
                    format="shards", tokenizer=tokenizer)
+
+
+def sample_data(sample: SampleDataConfig, kind: str) -> dict[str, Path]:
+    """The sample data's paths: read as they are when a data Job (k8s/data) or an earlier run built them,
+    with no lock and no write, since training pods mount /data read-only; otherwise built here."""
+    found = find_sample_data(sample.dir, kind, sample.vocab_size)
+    if found is not None:
+        return found
+    try:
+        # Every process may call it: a file lock inside lets the first build and the others wait, then read.
+        return prepare_sample_data(sample.dir, kind=kind, vocab_size=sample.vocab_size)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise UserError(f"data.sample.dir {sample.dir}: the sample data ({kind}, {sample.vocab_size} tokens) is not "
+                        f"there and cannot be written ({err.strerror}): prepare it first with the data Job "
+                        f"(kubectl apply -k k8s/data), or `python -m data_pipeline prepare-sample {sample.dir}` "
+                        "where the volume is writable") from None
 
 
 def log_skipped_lines(name: str, stats: dict[str, int]) -> None:

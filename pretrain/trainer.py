@@ -118,6 +118,27 @@ class StopRequest:
         self.requested = True
 
 
+@contextmanager
+def sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM back while DataLoader workers start: they inherit the blocked signal until
+    `leave_sigterm_to_the_trainer` runs in them, so a SIGTERM that arrives meanwhile cannot kill one;
+    here it is delivered (to StopRequest) on leaving."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """DataLoader worker_init_fn: ignore SIGTERM. torchrun forwards it to each rank's whole process
+    group, and `kill -TERM -- -PGID` (systemd, Slurm) reaches every process; a worker dying of it would
+    fail the step that StopRequest is about to finish and checkpoint. A worker still ends when the
+    trainer shuts the loader down, or by itself once the trainer's process is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 class Trainer:
     """State of one training run; `fit()` runs it. See `train` for the behaviour."""
 
@@ -168,7 +189,8 @@ class Trainer:
         if self.env.is_main:
             self._write_config()
         model = self._wrap()
-        batches = iter(self._loader(self.train_data))
+        with sigterm_held():
+            batches = iter(self._loader(self.train_data))
         # Last before the loop, so nothing else draws from the RNGs between the restore and the first step.
         if rng_state is None:
             seed_everything(self.cfg.seed + self.env.rank)
@@ -291,7 +313,9 @@ class Trainer:
             self.valid_loader = self._loader(self.valid_data)
         losses, metrics = MeanAccumulator(), MeanAccumulator()
         self.objective.eval()
-        for _, batch in zip(range(self.cfg.eval_batches), self.valid_loader):
+        with sigterm_held():
+            valid_batches = iter(self.valid_loader)
+        for _, batch in zip(range(self.cfg.eval_batches), valid_batches):
             with self._autocast():
                 add_terms(self.objective(to_device(batch, self.env.device)), losses, metrics)
         self.objective.train()
@@ -320,7 +344,7 @@ class Trainer:
         replays the same dropout; randomness inside readers is seeded per sample, not by the worker."""
         workers = self.cfg.num_workers
         return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.env.device.type == "cuda",
+                          pin_memory=self.env.device.type == "cuda", worker_init_fn=leave_sigterm_to_the_trainer,
                           generator=torch.Generator().manual_seed(self.cfg.seed + self.env.rank))
 
     def _write_config(self) -> None:

@@ -14,8 +14,15 @@ For pod <job>-<type>-<index> the harness
   is a free local port (pods share this machine's network namespace), each volumeMount's path in the
   command, env and workingDir becomes a local directory (a PVC: the directory given for its claim;
   a ConfigMap: a directory holding its keys as files; an emptyDir: a fresh directory);
+- runs each pod as a container would: in its own PID and mount namespaces (`unshare`, as root), so
+  the command is PID 1, a kill of PID 1 takes every process of the pod with it (torchrun starts its
+  workers in sessions of their own, out of reach of a process-group kill), and mounts marked readOnly
+  (and every ConfigMap) are read-only bind mounts, entered only after the remount;
+- deletes a pod as the kubelet does: SIGTERM to PID 1, SIGKILL after terminationGracePeriodSeconds;
+  the operator then creates it again;
 - restarts a pod whose process fails, as restartPolicy OnFailure does, up to runPolicy.backoffLimit
-  restarts for the whole job.
+  restarts for the whole job, and calls the job Succeeded as the operator does: when the Master
+  succeeded (without a Master, every Worker), whatever the other pods are doing.
 `run_batch_job` runs the single pod of a batch/v1 Job (data preparation, export) the same way.
 """
 from __future__ import annotations
@@ -24,6 +31,7 @@ import contextlib
 import copy
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,27 +58,69 @@ class Pod:
     env: dict[str, str]
     cwd: Path
     log_path: Path
+    read_only: list[Path] = field(default_factory=list)   # local directories mounted read-only
+    grace_s: float = 30.0                                  # terminationGracePeriodSeconds
     restarts: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        """Start the container: a new PID namespace whose PID 1 is the command, in a mount namespace
+        where the read-only mounts are remounted read-only before entering the working directory."""
         log = self.log_path.open("a")
         log.write(f"--- {self.name} start {self.restarts}\n")
         log.flush()
-        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(in_container(self.command, self.cwd, self.read_only), env=self.env,
+                                        cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         log.close()
 
+    def pid1(self) -> int | None:
+        """The host PID of the container's first process (the command), None once it is gone."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        deadline = time.monotonic() + 5
+        while self.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                pids = children.read_text().split()
+                if pids:
+                    return int(pids[0])
+            time.sleep(0.01)
+        return None
+
     def kill(self) -> None:
-        """SIGKILL every process of the pod, as stopping its container does."""
+        """SIGKILL the container's PID 1: the kernel then kills every other process of its namespace."""
         if self.process is not None and self.process.poll() is None:
-            for pid in _process_tree(self.process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.process.wait()
+
+    def delete(self) -> int:
+        """Delete the pod as the kubelet does: SIGTERM to PID 1, SIGKILL after the grace period.
+        Returns the container's exit code (negative: the signal that ended it)."""
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def _signal(self, signum: int) -> None:
+        pid = self.pid1()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid if pid is not None else self.process.pid, signum)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def in_container(command: list[str], cwd: Path, read_only: list[Path]) -> list[str]:
+    """`command` as a container's first process: PID 1 of new PID and mount namespaces (needs root),
+    where each of `read_only` is a read-only bind mount (writes fail with EROFS), and `cwd` is entered
+    only after the remount (a directory entered before it would still be the writable mount)."""
+    remounts = "".join(f"mount --bind {d} {d} && mount -o remount,bind,ro {d} {d} && "
+                       for d in map(shlex.quote, map(str, read_only)))
+    script = f'{remounts}cd {shlex.quote(str(cwd))} && exec "$@"'
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script, "container",
+            *command]
 
 
 class LocalJob:
@@ -102,12 +152,25 @@ class LocalJob:
         for pod in self.pods:
             pod.kill()
 
+    def succeeded(self) -> bool:
+        """The operator's verdict: the Master pod exited 0 (without a Master: every Worker did)."""
+        deciding = [pod for pod in self.pods if "-master-" in pod.name] or self.pods
+        return all(pod.process.poll() == 0 for pod in deciding)
+
+    def delete_pod(self, name: str) -> int:
+        """`kubectl delete pod NAME`: the kubelet stops it gracefully and the operator creates it again.
+        Returns the deleted container's exit code."""
+        pod = self.pod(name)
+        code = pod.delete()
+        pod.start()
+        return code
+
     def run_until(self, done, timeout_s: float, poll_s: float = 0.2) -> None:
-        """Supervise the pods (restarting failed ones) until `done(self)` holds or every pod succeeded."""
+        """Supervise the pods (restarting failed ones) until `done(self)` holds or the job succeeded."""
         deadline = time.monotonic() + timeout_s
         while not done(self):
             codes = [pod.process.poll() for pod in self.pods]
-            if all(code == 0 for code in codes):
+            if self.succeeded():
                 return
             for pod, code in zip(self.pods, codes, strict=True):
                 if code not in (None, 0):
@@ -156,53 +219,41 @@ def local_pod(name: str, spec: dict[str, Any], container: dict[str, Any], labels
               workdir: Path) -> Pod:
     """Pod `name` running `container` of pod `spec` here: volumes as local directories, the container's
     env resolved, then `added_env` (what a controller adds), and $(VAR)s expanded in its command."""
-    mounts = _mounts(name, spec, container, claims, config_maps, workdir)
+    mounts, read_only = _mounts(name, spec, container, claims, config_maps, workdir)
     env: dict[str, str] = {}
     for variable in container.get("env", []):
         env[variable["name"]] = _localize(_env_value(variable, name, labels, env), mounts)
     env.update(added_env)
     command = [_localize(_expand(arg, env), mounts) for arg in container["command"] + container.get("args", [])]
     cwd = Path(_localize(container.get("workingDir", str(workdir)), mounts))
-    return Pod(name, command, container_env(env), cwd, workdir / f"{name}.log")
+    return Pod(name, command, container_env(env), cwd, workdir / f"{name}.log", read_only,
+               float(spec.get("terminationGracePeriodSeconds", 30)))
 
 
 def _mounts(pod: str, spec: dict[str, Any], container: dict[str, Any], claims: dict[str, Path],
-            config_maps: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Path]:
-    """mountPath -> local directory, for every volumeMount of the container."""
+            config_maps: dict[str, dict[str, Any]], workdir: Path) -> tuple[dict[str, Path], list[Path]]:
+    """mountPath -> local directory, for every volumeMount of the container; and the directories that
+    are mounted read-only (readOnly on the mount or the claim, and every ConfigMap)."""
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    mounts = {}
+    mounts, read_only = {}, []
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         if "persistentVolumeClaim" in volume:
-            path = claims[volume["persistentVolumeClaim"]["claimName"]]
+            claim = volume["persistentVolumeClaim"]
+            path = claims[claim["claimName"]]
+            if mount.get("readOnly") or claim.get("readOnly"):
+                read_only.append(path)
         elif "configMap" in volume:
             path = Path(tempfile.mkdtemp(prefix=f"{pod}-{mount['name']}-", dir=workdir))
             for key, text in config_maps[volume["configMap"]["name"]]["data"].items():
                 (path / key).write_text(text)
+            read_only.append(path)
         elif "emptyDir" in volume:
             path = Path(tempfile.mkdtemp(prefix=f"{pod}-{mount['name']}-", dir=workdir))
         else:
             raise ValueError(f"volume {mount['name']}: only PVC, ConfigMap and emptyDir volumes are supported")
         mounts[mount["mountPath"]] = path
-    return mounts
-
-
-def _process_tree(root: int) -> list[int]:
-    """`root` and all its descendants. torchrun starts its workers in sessions of their own, so a
-    process-group kill would leave them running, where a container's would not."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, []))
-    return tree
+    return mounts, read_only
 
 
 def container_env(env: dict[str, str]) -> dict[str, str]:

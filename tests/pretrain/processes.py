@@ -37,10 +37,19 @@ def process_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start(args: Sequence[str], extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """`python ARGS` from the repository root, output captured."""
+def start(args: Sequence[str], extra_env: Mapping[str, str] | None = None,
+          new_session: bool = False) -> subprocess.Popen:
+    """`python ARGS` from the repository root, output captured; `new_session` makes it the leader of its
+    own process group, as a launcher that signals the whole group (systemd, Slurm) starts it."""
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=process_env(extra_env), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=new_session)
+
+
+def torchrun_args(nproc: int, args: Sequence[str]) -> list[str]:
+    """The arguments of `python -m torch.distributed.run` (torchrun) starting `nproc` ranks of `python ARGS`
+    on this machine."""
+    return ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), *args]
 
 
 def finish(procs: Sequence[subprocess.Popen]) -> list[tuple[int, str]]:

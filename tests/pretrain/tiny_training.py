@@ -105,6 +105,7 @@ class TinySection:
     sigterm_at_batch: int = -1         # fault injection, on rank fault_rank, before yielding that batch
     kill_at_batch: int = -1            # SIGKILL once a checkpoint exists
     fault_rank: int = 0
+    batch_delay_s: float = 0.0         # every rank sleeps this long per batch: time to signal a running job
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,13 @@ class TinySchema:
 
 
 def _fault_injector(cfg: TinySchema, env: DistEnv) -> Callable[[int], None] | None:
+    delay = cfg.tiny.batch_delay_s
     if env.rank != cfg.tiny.fault_rank:
-        return None
+        return (lambda index: time.sleep(delay)) if delay else None
     checkpoints = Path(cfg.train.run_dir) / "checkpoints"
 
     def inject(index: int) -> None:
+        time.sleep(delay)
         if index == cfg.tiny.sigterm_at_batch:
             os.kill(os.getpid(), signal.SIGTERM)
         if index == cfg.tiny.kill_at_batch:
@@ -154,4 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    status = run_cli(main)
+    # A rank's exit status is not reported by torchrun once it has been signalled: say it here.
+    print(f"[rank {os.environ.get('RANK', '0')}] exit status {status}", flush=True)
+    sys.exit(status)
