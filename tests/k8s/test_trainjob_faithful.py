@@ -1,0 +1,81 @@
+"""A TrainJob on our TrainingRuntime, run on this machine as Trainer v2 would run it (trainer_harness:
+the torch plugin's PET_* contract, 2 CPU nodes, read-only /data): a node dies mid-run, the job is
+submitted again under its name, resumes from its newest checkpoint and exports exactly the model of
+an uninterrupted run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pretrain.checkpoint import list_checkpoints
+from pretrain.k8s.manifest import JobSpec, config_map
+from pretrain.k8s.trainjob import train_job, training_runtime
+from tests.k8s.operator_harness import run_batch_job
+from tests.k8s.test_operator_faithful import _batch_job, data_volume  # noqa: F401  (the k8s/data Job's volume)
+from tests.k8s.trainer_harness import LocalTrainJob
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+OVERRIDES = ("data.batch_size=8", "train.max_steps=15", "train.checkpoint_every=5", "train.eval_every=0",
+             "train.eval_batches=1", "train.log_every=5", "train.num_workers=0", "train.tensorboard=false",
+             # A node restarted into a dying peer's rendezvous is freed by the collective timeout.
+             "train.dist_timeout_s=60")
+
+
+def _submitted(name: str, claims: dict[str, Path], workdir: Path) -> LocalTrainJob:
+    """What `submit --api trainjob` creates for job `name`, as the controller runs it."""
+    spec = JobSpec(name=name, trainer="tlm", gpus=0, overrides=OVERRIDES)
+    config = (ROOT / "configs" / "tiny_mlm.yaml").read_text()
+    workdir.mkdir()
+    return LocalTrainJob([config_map(spec, config), training_runtime(), train_job(spec)], claims, workdir)
+
+
+def _run_to_completion(job: LocalTrainJob) -> str:
+    job.start()
+    try:
+        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
+    finally:
+        job.kill()
+    return job.logs()
+
+
+def _export(run: str, claims: dict[str, Path], workdir: Path) -> dict[str, np.ndarray]:
+    export = _batch_job("export")
+    env = export["spec"]["template"]["spec"]["containers"][0]["env"]
+    next(variable for variable in env if variable["name"] == "RUN")["value"] = run
+    run_batch_job(export, claims, workdir, TIMEOUT_S)
+    with np.load(claims["pretrain-checkpoints"] / run / "export" / "model.npz", allow_pickle=False) as arrays:
+        return dict(arrays)
+
+
+@pytest.mark.slow
+def test_trainjob_resubmitted_after_a_node_dies_resumes_and_exports_the_uninterrupted_model(
+        data_volume: Path, tmp_path: Path) -> None:  # noqa: F811
+    claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}
+    claims["pretrain-checkpoints"].mkdir()
+    logs = _run_to_completion(_submitted("straight", claims, tmp_path / "straight"))
+    assert "on 2 process(es)" in logs and "resumed from" not in logs, logs
+
+    first = _submitted("tiny", claims, tmp_path / "first")
+    checkpoints = claims["pretrain-checkpoints"] / "tiny" / "checkpoints"
+    first.start()
+    try:
+        first.run_until(lambda _: bool(list_checkpoints(checkpoints)), timeout_s=TIMEOUT_S)
+        node = first.pod("tiny-node-0-1")
+        assert node.process.poll() is None, "the job finished before a node could be killed"
+        node.kill()                      # the node is lost...
+    finally:
+        first.kill()                     # ...and the job with it (`submit delete`, or backoffLimit spent)
+    stopped_at = [step for step, _ in list_checkpoints(checkpoints)][-1]
+    assert stopped_at < 15
+
+    logs = _run_to_completion(_submitted("tiny", claims, tmp_path / "second"))
+    assert f"ckpt-{stopped_at:08d}.pt at step {stopped_at}" in logs and "on 2 process(es)" in logs, logs
+    assert [step for step, _ in list_checkpoints(checkpoints)][-1] == 15
+
+    resumed, straight = _export("tiny", claims, tmp_path), _export("straight", claims, tmp_path)
+    assert straight and sorted(resumed) == sorted(straight)
+    for name, weights in straight.items():
+        np.testing.assert_array_equal(resumed[name], weights, err_msg=name)
