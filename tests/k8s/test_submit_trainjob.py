@@ -4,50 +4,25 @@ status, node logs, delete, and the same one-line errors as for PyTorchJobs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from data_pipeline.errors import run_cli
 from pretrain.k8s.manifest import JobSpec
 from pretrain.k8s.trainjob import train_job, training_runtime
-from pretrain.submit import main
 from tests.k8s.fake_apiserver import FakeApiServer
+from tests.k8s.test_submit_cli import _condition, _run, config_file, server  # noqa: F401  (shared fixtures)
 from tests.k8s.validation import resource_errors
 
-CONFIG_TEXT = "train:\n  max_steps: 10\n"
 TRAINER = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a"
 JOBS, RUNTIMES = f"{TRAINER}/trainjobs", f"{TRAINER}/trainingruntimes"
 CONFIGMAPS = "/api/v1/namespaces/team-a/configmaps"
 PODS = "/api/v1/namespaces/team-a/pods"
 
 
-def _condition(kind: str, minute: int, reason: str, message: str = "") -> dict:
-    return {"type": kind, "status": "True", "reason": reason, "message": message,
-            "lastTransitionTime": f"2026-11-21T10:{minute:02d}:00Z"}
-
-
 # A TrainJob has no Created or Running condition: it runs while its JobSet's Jobs have active pods.
 RUNNING = {"jobsStatus": [{"name": "node", "active": 2, "ready": 2, "succeeded": 0, "failed": 0}]}
 COMPLETE = {"conditions": [_condition("Complete", 9, "JobSetCompleted", "jobset completed")]}
 FAILED = {"conditions": [_condition("Failed", 9, "JobSetFailed", "jobset failed: node-0 backoff limit")]}
-
-
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as fake:
-        yield fake
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(CONFIG_TEXT)
-    return path
-
-
-def _run(*argv: str) -> int:
-    return run_cli(lambda: main(list(argv)))
 
 
 def _cluster(server: FakeApiServer, tmp_path: Path) -> tuple[str, ...]:
