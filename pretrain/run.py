@@ -74,11 +74,21 @@ def export_hook(tokenizer: Tokenizer, formats: Sequence[str]) -> ExportHook | No
     return export
 
 
+EXIT_RESUME = 75   # EX_TEMPFAIL: stopped before max_steps by another rank's SIGTERM; run again to resume
+
+
 def main_for(recipe: Recipe) -> Callable[[Sequence[str] | None], int]:
-    """A console entry point for `recipe`: one-line errors, exit code 0 also after a SIGTERM stop."""
+    """A console entry point for `recipe`: one-line errors; exit code 0 once the run completed or after
+    this process's own SIGTERM; EXIT_RESUME when another rank's SIGTERM stopped it. Under
+    `restartPolicy: OnFailure` a 0 would make its pod Succeeded (a Master: the whole job) short of
+    max_steps; a failure restarts the pod, which resumes from the stop checkpoint."""
     def main(argv: Sequence[str] | None = None) -> int:
         def run() -> int:
-            run_recipe(recipe, sys.argv[1:] if argv is None else argv)
+            result = run_recipe(recipe, sys.argv[1:] if argv is None else argv)
+            if result.stopped_by_peer:
+                log.warning("another rank got SIGTERM at step %d: exiting %d so that this pod restarts and "
+                            "resumes", result.step, EXIT_RESUME)
+                return EXIT_RESUME
             return 0
         return run_cli(run)
     return main

@@ -21,8 +21,11 @@ from pretrain.k8s.cluster import PYTORCHJOBS, TRAINJOBS, Cluster, JobResource, N
 from pretrain.k8s.kueue import queued
 from pretrain.k8s.manifest import (
     CHECKPOINTS_DIR,
+    CPUS_PER_GPU,
     DATA_DIR,
     TRAINERS,
+    MEMORY_GIB_PER_GPU,
+    SHM_GIB_PER_GPU,
     JobSpec,
     config_map,
     config_map_name,
@@ -164,11 +167,11 @@ def _job_arguments() -> argparse.ArgumentParser:
                        help=f"GPUs per pod; 0 runs on CPU (default: {defaults.gpus})")
     group.add_argument("--nproc-per-node", type=int, metavar="N",
                        help="processes per pod (default: one per GPU, 1 on CPU)")
-    group.add_argument("--cpus", default=defaults.cpus, help=f"CPU request per pod (default: {defaults.cpus})")
-    group.add_argument("--memory", default=defaults.memory,
-                       help=f"memory per pod, request and limit, /dev/shm included (default: {defaults.memory})")
-    group.add_argument("--shm-size", default=defaults.shm_size,
-                       help=f"/dev/shm for DataLoader workers (default: {defaults.shm_size})")
+    group.add_argument("--cpus", help=f"CPU request per pod (default: {CPUS_PER_GPU} per GPU, {CPUS_PER_GPU} on CPU)")
+    group.add_argument("--memory", help=f"memory per pod, request and limit, /dev/shm included (default: "
+                                        f"{MEMORY_GIB_PER_GPU}Gi per GPU, {MEMORY_GIB_PER_GPU}Gi on CPU)")
+    group.add_argument("--shm-size", help=f"/dev/shm for DataLoader workers (default: {SHM_GIB_PER_GPU}Gi per "
+                                          f"GPU, {SHM_GIB_PER_GPU}Gi on CPU)")
     group.add_argument("--data-pvc", default=defaults.data_pvc,
                        help=f"PVC with the data, mounted read-only at {DATA_DIR} (default: {defaults.data_pvc})")
     group.add_argument("--checkpoints-pvc", default=defaults.checkpoints_pvc,

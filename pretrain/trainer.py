@@ -52,6 +52,7 @@ class TrainResult:
     checkpoint: Path | None            # last checkpoint written (rank 0 only; None elsewhere)
     train: dict[str, float] = field(default_factory=dict)  # last progress report: loss terms, metrics
     valid: dict[str, float] = field(default_factory=dict)  # last validation: loss terms, *_ppl, metrics
+    stopped_by_peer: bool = False      # stopped early by another rank's SIGTERM, not by one of its own
 
 
 def seed_everything(seed: int) -> None:
@@ -182,7 +183,8 @@ class Trainer:
         completed = self.step >= self.cfg.max_steps
         if completed and self.export is not None and self.env.is_main:
             self.export(self.objective, self.run_dir)
-        return TrainResult(self.step, completed, self.last_checkpoint, self.last_train, self.last_valid)
+        return TrainResult(self.step, completed, self.last_checkpoint, self.last_train, self.last_valid,
+                           stopped_by_peer=not completed and not stop.requested)
 
     def _run(self, stop: StopRequest) -> None:
         rng_state = self._restore()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import urllib3
+import yaml
 from kubernetes import client, config
 
 from data_pipeline.errors import UserError
@@ -78,9 +79,12 @@ class Cluster:
             try:
                 api = config.new_client_from_config(config_file=path, context=context, persist_config=False)
                 contexts, active = config.list_kube_config_contexts(path)
-            except config.ConfigException as err:
+            except (config.ConfigException, yaml.YAMLError, OSError) as err:
                 raise UserError(f"cannot use kubeconfig {path}: {_one_line(str(err))}; check it with "
                                 "`kubectl config view`") from None
+            except (AttributeError, TypeError):  # YAML of another shape fails inside the client's loader
+                raise UserError(f"cannot use kubeconfig {path}: it is not a kubeconfig (a mapping with "
+                                "clusters, users and contexts); check it with `kubectl config view`") from None
             if context:
                 active = next(c for c in contexts if c["name"] == context)
             default_namespace = active.get("context", {}).get("namespace") or "default"

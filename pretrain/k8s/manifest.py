@@ -30,6 +30,12 @@ MASTER_PORT = 23456
 RUN_AS = 10001                        # the image's non-root user (Dockerfile)
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on every pod of a job
 
+CPUS_PER_GPU, MEMORY_GIB_PER_GPU, SHM_GIB_PER_GPU = 8, 32, 8   # per-pod defaults (a CPU pod counts as 1)
+# Keys the job's command sets itself, which an override would silently replace.
+JOB_SETS = {"train.run_dir": f"{CHECKPOINTS_DIR}/<job name>", "train.resume": "auto"}
+JOB_SETS_WHY = {"train.run_dir": "pick the run directory with --name (a new name starts from scratch)",
+                "train.resume": "a new --name starts from scratch"}
+
 # A Kubernetes resource quantity ("8", "500m", "32Gi"), as the API server's schema spells it.
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
@@ -59,14 +65,19 @@ class JobSpec:
     min_workers: int | None = None    # set: elastic job, no Master, between min_workers and workers pods
     gpus: int = 1                     # per pod; 0 runs on CPU
     nproc_per_node: int | None = None  # processes per pod; default: one per GPU, 1 on CPU
-    cpus: str = "8"                   # per pod (request)
-    memory: str = "32Gi"              # per pod (request = limit; /dev/shm counts against it)
-    shm_size: str = "8Gi"             # /dev/shm for DataLoader workers
+    cpus: str | None = None           # per pod (request); default 8 per GPU (8 on CPU)
+    memory: str | None = None         # per pod (request = limit; /dev/shm counts against it); 32Gi per GPU
+    shm_size: str | None = None       # /dev/shm for DataLoader workers; 8Gi per GPU
     data_pvc: str = "pretrain-data"
     checkpoints_pvc: str = "pretrain-checkpoints"
     overrides: tuple[str, ...] = ()   # dotted config overrides appended to the command
 
     def __post_init__(self) -> None:
+        per_gpu = max(self.gpus, 1)
+        for flag, value in (("cpus", f"{CPUS_PER_GPU * per_gpu}"), ("memory", f"{MEMORY_GIB_PER_GPU * per_gpu}Gi"),
+                            ("shm_size", f"{SHM_GIB_PER_GPU * per_gpu}Gi")):
+            if getattr(self, flag) is None:
+                object.__setattr__(self, flag, value)
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown trainer {self.trainer!r}; use one of {', '.join(TRAINERS)}")
         if self.workers < 0 or self.gpus < 0:
@@ -76,12 +87,20 @@ class JobSpec:
                             f"{self.min_workers} workers={self.workers}")
         if self.nproc_per_node is not None and self.nproc_per_node < 1:
             raise UserError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.gpus and self.nproc_per_node not in (None, self.gpus):
+            raise UserError(f"--nproc-per-node {self.nproc_per_node} with --gpus {self.gpus}: each process drives "
+                            f"one GPU, so a pod runs as many processes as it has GPUs; drop --nproc-per-node "
+                            f"or set --gpus {self.nproc_per_node}")
         for flag, value in (("cpus", self.cpus), ("memory", self.memory), ("shm_size", self.shm_size)):
             if not _QUANTITY.match(value):
                 raise UserError(f"{flag} {value!r} is not a Kubernetes quantity; write e.g. 8, 500m, 32Gi")
         for item in self.overrides:
             if "=" not in item or item.startswith("-"):
                 raise UserError(f"override {item!r} is not section.key=value (e.g. train.max_steps=1000)")
+            key = item.split("=", 1)[0].strip()
+            if key in JOB_SETS:
+                raise UserError(f"override {item!r}: the job sets {key}={JOB_SETS[key]} so that restarted and "
+                                f"re-submitted pods resume from its checkpoints; {JOB_SETS_WHY[key]}")
 
     @property
     def elastic(self) -> bool:

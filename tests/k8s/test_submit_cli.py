@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +15,7 @@ from pretrain.k8s.manifest import JobSpec, pytorch_job
 from pretrain.submit import main
 from tests.k8s.fake_apiserver import FakeApiServer
 from tests.k8s.validation import resource_errors
+from tests.pretrain.processes import REPO, process_env
 
 CONFIG_TEXT = "train:\n  max_steps: 10\n"
 JOBS = "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"
@@ -252,3 +255,34 @@ def test_render_trainjob_prints_a_config_map_our_runtime_and_an_admissible_train
     assert [resource_errors(r) for r in (config_map, runtime, job)] == [[], [], []]
     assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
     assert job["spec"]["trainer"]["command"][-1] == "train.max_steps=5"
+
+
+@pytest.mark.parametrize("text", ["apiVersion: v1\nclusters: [\n  - bad: {\n", "just a string\n",
+                                  "clusters: 3\ncontexts: 4\n"], ids=["not-yaml", "scalar", "wrong-shape"])
+def test_malformed_kubeconfig_is_one_line_and_exit_2(tmp_path: Path, text: str) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "pretrain.submit", "status", "demo", "--kubeconfig",
+                           str(kubeconfig)], capture_output=True, text=True, env=process_env(), cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: cannot use kubeconfig {kubeconfig}: ") and "kubectl config view" in line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("train.run_dir=/etc",), "override 'train.run_dir=/etc': the job sets train.run_dir=/checkpoints/<job name>"),
+    (("train.resume=none",), "override 'train.resume=none': the job sets train.resume=auto"),
+    (("--gpus", "8", "--nproc-per-node", "4"), "--nproc-per-node 4 with --gpus 8: each process drives one GPU"),
+])
+def test_render_refuses_flags_that_break_the_job_in_one_line(config_file: Path, flags, message, capsys) -> None:
+    assert _run("render", "--trainer", "tlm", "--config", str(config_file), "--name", "demo", *flags) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("gpus, cpus, memory, shm", [(0, "8", "32Gi", "8Gi"), (1, "8", "32Gi", "8Gi"),
+                                                     (8, "64", "256Gi", "64Gi")])
+def test_pod_resources_default_per_gpu(gpus: int, cpus: str, memory: str, shm: str) -> None:
+    spec = JobSpec(name="j", trainer="tlm", gpus=gpus)
+    assert (spec.cpus, spec.memory, spec.shm_size) == (cpus, memory, shm)
+    assert JobSpec(name="j", trainer="tlm", gpus=8, cpus="10", memory="40Gi").cpus == "10"
