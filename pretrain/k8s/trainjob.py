@@ -33,9 +33,9 @@ _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _MAX_LABEL = 63
 
 
-def training_runtime(image: str = JobSpec.image) -> dict[str, Any]:
+def training_runtime() -> dict[str, Any]:
     """Our TrainingRuntime: the pod of a default job without its per-job command and resources."""
-    pod = pod_template(JobSpec(name="pretrain", trainer="tlm", image=image), TRAINJOB_WIRING)["spec"]
+    pod = pod_template(JobSpec(name="pretrain", trainer="tlm"), TRAINJOB_WIRING)["spec"]
     container = {key: value for key, value in pod["containers"][0].items() if key not in ("command", "resources")}
     # A Job's pods may not use restartPolicy Always; OnFailure restarts a crashed node in place, and
     # the trainer resumes from the newest checkpoint (train.resume=auto).
