@@ -1,4 +1,4 @@
-"""How a PyTorchJob's status reads: its state, whether it has finished, and lines for a terminal."""
+"""How a PyTorchJob's (and an export Job's) status reads: its state, whether it has finished, and lines for a terminal."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,6 +19,11 @@ def state(job: dict[str, Any]) -> str:
 
 def is_finished(job: dict[str, Any]) -> bool:
     return any(c["type"] in FINISHED and c.get("status") == "True" for c in conditions(job))
+
+
+def batch_job_finished(job: dict[str, Any]) -> bool:
+    """A batch/v1 Job (export) has finished once its Complete or Failed condition holds."""
+    return any(c["type"] in ("Complete", "Failed") and c.get("status") == "True" for c in conditions(job))
 
 
 def condition_line(condition: dict[str, Any]) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-_ROUTE = re.compile(r"^/(?:api/v1|apis/kubeflow\.org/v1)/namespaces/(?P<namespace>[^/]+)/"
-                    r"(?P<resource>configmaps|pytorchjobs|pods)(?:/(?P<name>[^/]+))?(?P<log>/log)?$")
+_ROUTE = re.compile(r"^/(?:api/v1|apis/kubeflow\.org/v1|apis/batch/v1)/namespaces/(?P<namespace>[^/]+)/"
+                    r"(?P<resource>configmaps|pytorchjobs|pods|jobs)(?:/(?P<name>[^/]+))?(?P<log>/log)?$")
 
 
 @dataclass(frozen=True)
