@@ -10,24 +10,8 @@ import pytest
 from pretrain.checkpoint import list_checkpoints
 from pretrain.k8s.export_job import export_job
 from pretrain.k8s.manifest import JobSpec, config_map, pytorch_job
-from tests.k8s.kustomize import build
+from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.operator_harness import LocalJob, run_batch_job
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 240
-
-
-def _batch_job(directory: str) -> dict:
-    return next(r for r in build(ROOT / "k8s" / directory) if r["kind"] == "Job")
-
-
-@pytest.fixture(scope="module")
-def data_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The data volume after the k8s/data Job has run."""
-    data = tmp_path_factory.mktemp("volumes") / "data"
-    data.mkdir()
-    run_batch_job(_batch_job("data"), {"pretrain-data": data}, data.parent, TIMEOUT_S)
-    return data
 
 
 def _tiny_job(claims: dict[str, Path], workdir: Path, nproc: int, *overrides: str) -> LocalJob:
