@@ -17,8 +17,11 @@ from typing import Callable, Sequence
 from data_pipeline.errors import UserError, run_cli
 from pretrain.config import load_config
 from pretrain.k8s import status
+from export.exporter import FORMATS
 from pretrain.k8s.cluster import PYTORCHJOBS, TRAINJOBS, Cluster, JobResource, NotFound, Rejected
+from pretrain.k8s.export_job import DEFAULT_FORMATS, copy_commands, export_job
 from pretrain.k8s.kueue import queued
+from pretrain.k8s.status import batch_job_finished
 from pretrain.k8s.manifest import (
     CHECKPOINTS_DIR,
     CPUS_PER_GPU,
@@ -130,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
                       "a TrainJob (default: 0)")
     logs.set_defaults(run=_logs)
 
+    export = commands.add_parser("export", parents=[cluster], help="export a run's newest checkpoint (a Job)",
+                                 description="Create the Job export-NAME, which exports the newest checkpoint "
+                                             f"of run NAME into {CHECKPOINTS_DIR}/NAME/export, replacing a "
+                                             "finished one of that name. With --render, print it instead.")
+    export.add_argument("name", help="the training job's name (its run directory)")
+    export.add_argument("--format", nargs="+", default=list(DEFAULT_FORMATS), choices=FORMATS, dest="formats",
+                        help=f"export formats (default: {' '.join(DEFAULT_FORMATS)}; hf for BERT/GPT-2 shapes)")
+    export.add_argument("--image", default=JobSpec.image, help=f"container image (default: {JobSpec.image})")
+    export.add_argument("--data-pvc", default=JobSpec.data_pvc, help=f"(default: {JobSpec.data_pvc})")
+    export.add_argument("--checkpoints-pvc", default=JobSpec.checkpoints_pvc,
+                        help=f"(default: {JobSpec.checkpoints_pvc})")
+    export.add_argument("--render", action="store_true", help="print the Job as YAML; touch no cluster")
+    export.set_defaults(run=_export)
+
     delete = commands.add_parser("delete", parents=[named], help="delete the job and its ConfigMap",
                                  description="Delete the job, its pods and its ConfigMap. Its checkpoints "
                                              "stay on the checkpoints PVC: a job submitted later under the "
@@ -220,7 +237,8 @@ def _job_spec(args: argparse.Namespace) -> tuple[JobSpec, str]:
 
 
 def _connect(args: argparse.Namespace) -> Cluster:
-    return Cluster.connect(args.kubeconfig, args.context, args.namespace, _APIS[args.api])
+    # `export` has no --api: it works on a run directory, whichever API trained it.
+    return Cluster.connect(args.kubeconfig, args.context, args.namespace, _APIS[getattr(args, "api", "pytorchjob")])
 
 
 def _job(spec: JobSpec, args: argparse.Namespace) -> dict:
@@ -350,6 +368,27 @@ def _pod_name(job: dict, replica: str | None, index: int) -> str:
         present = ", ".join(f"{r.lower()} 0..{s.get('replicas', 1) - 1}" for r, s in replica_specs.items())
         raise UserError(f"job {job['metadata']['name']} has no {replica} pod {index}; it has {present}")
     return f"{job['metadata']['name']}-{replica}-{index}"
+
+
+def _export(args: argparse.Namespace) -> int:
+    job = export_job(args.name, args.formats, args.image, args.data_pvc, args.checkpoints_pvc)
+    if args.render:
+        sys.stdout.write(to_yaml([job]))
+        return 0
+    cluster = _connect(args)
+    name = job["metadata"]["name"]
+    previous = cluster.find_batch_job(name)
+    if previous is not None:
+        if not batch_job_finished(previous):
+            raise UserError(f"job {name} is still running in namespace {cluster.namespace}; wait for it with "
+                            f"`kubectl wait --for=condition=complete job/{name}`, or delete it first")
+        cluster.delete_batch_job(name)
+    cluster.create_batch_job(job)
+    print(f"created job/{name} in namespace {cluster.namespace}: exports the newest checkpoint of "
+          f"{run_dir(args.name)} to {run_dir(args.name)}/export ({' '.join(args.formats)})")
+    print(f"wait for it:  kubectl wait --for=condition=complete job/{name} --timeout=15m -n {cluster.namespace}")
+    print("copy it out:  " + "\n              ".join(copy_commands(args.name)))
+    return 0
 
 
 def _delete(args: argparse.Namespace) -> int:

@@ -168,6 +168,31 @@ class Cluster:
                    group, version, self.namespace, RUNTIMES_PLURAL, name, replacement)
         return "updated"
 
+    # -- batch Jobs (export) ---------------------------------------------------------------------------
+
+    def find_batch_job(self, name: str) -> dict[str, Any] | None:
+        try:
+            job = self._call(f"read job {name}", "jobs", client.BatchV1Api(self.api).read_namespaced_job,
+                             name, self.namespace, _preload_content=False)
+        except NotFound:
+            return None
+        return json.loads(job.data)
+
+    def create_batch_job(self, job: dict[str, Any]) -> None:
+        self._call(f"create job {job['metadata']['name']}", "jobs", client.BatchV1Api(self.api).create_namespaced_job,
+                   self.namespace, job, _preload_content=False)
+
+    def delete_batch_job(self, name: str, timeout_s: float = 120.0, poll_s: float = 2.0) -> None:
+        """Delete the Job and its pod, and wait until the name is free for a new Job."""
+        self._call(f"delete job {name}", "jobs", client.BatchV1Api(self.api).delete_namespaced_job, name,
+                   self.namespace, body={"propagationPolicy": "Foreground"}, _preload_content=False)
+        deadline = time.monotonic() + timeout_s
+        while self.find_batch_job(name) is not None:
+            if time.monotonic() > deadline:
+                raise UserError(f"job {name} is still being deleted after {timeout_s:.0f}s; check it with "
+                                f"`kubectl describe job {name} -n {self.namespace}`")
+            time.sleep(poll_s)
+
     # -- ConfigMaps -----------------------------------------------------------------------------------
 
     def apply_config_map(self, config_map: dict[str, Any]) -> None:

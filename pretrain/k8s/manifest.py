@@ -124,6 +124,20 @@ def run_dir(job_name: str) -> str:
     return f"{CHECKPOINTS_DIR}/{job_name}"
 
 
+def pod_security() -> dict[str, Any]:
+    """Every pod runs as the image's non-root user, with the runtime's default seccomp profile."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> dict[str, Any]:
+    """Every container: a read-only root filesystem, no privileges (HOME is therefore /tmp, an emptyDir)."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+HOME_ON_TMP = {"name": "HOME", "value": "/tmp"}
+
+
 def config_map(spec: JobSpec, config_text: str) -> dict[str, Any]:
     """The ConfigMap holding the training config the pods read from /etc/pretrain/config.yaml."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
@@ -193,12 +207,11 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
         "env": [
             {"name": "JOB_NAME",
              "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{wiring.job_name_label}']"}}},
-            {"name": "HOME", "value": "/tmp"},   # the root filesystem is read-only
+            dict(HOME_ON_TMP),
         ],
         **({"ports": [dict(port) for port in wiring.ports]} if wiring.ports else {}),
         "resources": {"requests": requests, "limits": limits},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "data", "mountPath": DATA_DIR, "readOnly": True},
@@ -208,9 +221,7 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
         ],
     }
     return {"spec": {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS, "fsGroupChangePolicy": "OnRootMismatch",
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": spec.config_map_name}},

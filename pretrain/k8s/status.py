@@ -1,5 +1,5 @@
-"""How a job's status reads (a PyTorchJob's or a TrainJob's): its state, whether it has finished, and
-lines for a terminal."""
+"""How a job's status reads (a PyTorchJob's, a TrainJob's, an export Job's): its state, whether it has
+finished, and lines for a terminal."""
 from __future__ import annotations
 
 from typing import Any
@@ -30,6 +30,11 @@ def is_finished(job: dict[str, Any]) -> bool:
 
 def succeeded(job: dict[str, Any]) -> bool:
     return state(job) in SUCCEEDED
+
+
+def batch_job_finished(job: dict[str, Any]) -> bool:
+    """A batch/v1 Job (export) has finished once its Complete or Failed condition holds."""
+    return any(c["type"] in ("Complete", "Failed") and c.get("status") == "True" for c in conditions(job))
 
 
 def condition_line(condition: dict[str, Any]) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-_ROUTE = re.compile(r"^/(?P<group>api/v1|apis/kubeflow\.org/v1|apis/trainer\.kubeflow\.org/v1alpha1)/namespaces/"
+_ROUTE = re.compile(r"^/(?P<group>api/v1|apis/kubeflow\.org/v1|apis/batch/v1|apis/trainer\.kubeflow\.org/v1alpha1)/namespaces/"
                     r"(?P<namespace>[^/]+)/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?(?P<log>/log)?$")
-_RESOURCES = {"api/v1": ("configmaps", "pods"), "apis/kubeflow.org/v1": ("pytorchjobs",),
+_RESOURCES = {"api/v1": ("configmaps", "pods"), "apis/kubeflow.org/v1": ("pytorchjobs",), "apis/batch/v1": ("jobs",),
               "apis/trainer.kubeflow.org/v1alpha1": ("trainjobs", "trainingruntimes")}
 _CUSTOM = ("pytorchjobs", "trainjobs", "trainingruntimes")
 _PLURALS = {"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}

@@ -124,9 +124,12 @@ def in_container(command: list[str], cwd: Path, read_only: list[Path]) -> list[s
 
 
 class LocalJob:
-    """The pods of one PyTorchJob, run as processes; `claims` maps PVC claim names to directories."""
+    """The pods of one PyTorchJob, run as processes; `claims` maps PVC claim names to directories.
+    `overrides` are appended to the pytorch container's command (as a kustomize patch would), to
+    shrink a GPU recipe to what a CPU finishes in seconds."""
 
-    def __init__(self, resources: list[dict[str, Any]], claims: dict[str, Path], workdir: Path) -> None:
+    def __init__(self, resources: list[dict[str, Any]], claims: dict[str, Path], workdir: Path,
+                 overrides: tuple[str, ...] = ()) -> None:
         job = copy.deepcopy(next(r for r in resources if r["kind"] == "PyTorchJob"))
         self.config_maps = {r["metadata"]["name"]: r for r in resources if r["kind"] == "ConfigMap"}
         self.claims, self.workdir = claims, workdir
@@ -134,6 +137,7 @@ class LocalJob:
         self.backoff_limit = job["spec"].get("runPolicy", {}).get("backoffLimit", 6)
         port = free_port()
         for rspec in job["spec"]["pytorchReplicaSpecs"].values():
+            _pytorch_container(rspec)["command"] += overrides
             for p in _pytorch_container(rspec)["ports"]:
                 if p["name"] == "pytorchjob-port":
                     p["containerPort"] = port
@@ -317,12 +321,12 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 
 def _localize(text: str, mounts: dict[str, Path]) -> str:
-    """Replace each mount path that starts a path in `text` (at the start, or after `=`, a quote or a
-    space, as in a shell script) with its local directory, in one pass so a result is never re-matched."""
+    """Replace each mount path that starts a path in `text` (at the start, or after `=`, a quote, a
+    space, `[` or `,`: a shell script, a config list such as data.train=[/data/a,/data/b]) with its local directory, in one pass so a result is never re-matched."""
     if not mounts:
         return text
     paths = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
-    pattern = re.compile(rf"(^|[=\s\"'])({paths})(?=/|$|[\s\"'])")
+    pattern = re.compile(rf"(^|[=\s\"'\[,])({paths})(?=/|$|[\s\"'\],])")
     return pattern.sub(lambda m: m[1] + str(mounts[m[2]]), text)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pretrain.k8s.export_job import checkpoints_reader, export_job
 from pretrain.k8s.manifest import JobSpec, pytorch_job
 from pretrain.k8s.trainjob import train_job, training_runtime
 from tests.k8s.kustomize import build, config_map_hash
@@ -121,3 +122,18 @@ def test_strict_schema_check_rejects_a_misspelled_field() -> None:
     train["spec"]["trainer"]["numProcsPerNode"] = 2
     assert resource_errors(train) == [
         "spec.trainer: Additional properties are not allowed ('numProcsPerNode' was unexpected)"]
+
+
+def test_export_job_and_reader_pod_are_what_export_job_py_builds() -> None:
+    assert build(K8S / "export") == [export_job("pretrain")]
+    assert build(K8S / "copy") == [checkpoints_reader()]
+
+
+def test_readme_export_overlay_gives_the_export_job_of_that_run(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    overlay = readme.split("# export-tiny-mlm/kustomization.yaml", 1)[1].split("```", 1)[0].split("\n", 1)[1]
+    directory = tmp_path / "export-tiny-mlm"
+    directory.mkdir()
+    (directory / "kustomization.yaml").write_text(overlay.replace("../pretrain-service/k8s/export",
+                                                                  str(K8S / "export")))
+    assert build(directory) == [export_job("tiny-mlm")]

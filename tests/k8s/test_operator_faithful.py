@@ -1,6 +1,6 @@
 """The walk from the README on this machine, each pod a process run the way the cluster would run it
 (operator_harness): the k8s/data Job fills the data volume; a PyTorchJob trains, checkpoints, loses a
-pod and resumes; the k8s/export Job exports its newest checkpoint."""
+pod (killed, or deleted gracefully) and resumes; `submit export`'s Job exports its newest checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,25 +8,10 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import list_checkpoints
+from pretrain.k8s.export_job import export_job
 from pretrain.k8s.manifest import JobSpec, config_map, pytorch_job
-from tests.k8s.kustomize import build
+from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.operator_harness import LocalJob, run_batch_job
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 240
-
-
-def _batch_job(directory: str) -> dict:
-    return next(r for r in build(ROOT / "k8s" / directory) if r["kind"] == "Job")
-
-
-@pytest.fixture(scope="module")
-def data_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The data volume after the k8s/data Job has run."""
-    data = tmp_path_factory.mktemp("volumes") / "data"
-    data.mkdir()
-    run_batch_job(_batch_job("data"), {"pretrain-data": data}, data.parent, TIMEOUT_S)
-    return data
 
 
 def _tiny_job(claims: dict[str, Path], workdir: Path, nproc: int, *overrides: str) -> LocalJob:
@@ -60,7 +45,7 @@ def test_a_deleted_worker_pod_stops_every_rank_at_one_checkpoint_and_the_job_sti
     assert "DataLoader worker" not in job.logs()
     # torchrun re-raises SIGTERM once its ranks exited 0: status 1 (which OnFailure would restart).
     assert code == 1 and "SignalException" in worker_log, worker_log
-    assert 5 <= stopped_at < 15 and f"resumed from" in job.logs()
+    assert 5 <= stopped_at < 15 and "resumed from" in job.logs()
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 15
 
 
@@ -70,14 +55,9 @@ def test_job_trains_resumes_after_a_pod_is_killed_and_exports(data_volume: Path,
                                                               nproc: int) -> None:
     claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}
     claims["pretrain-checkpoints"].mkdir()
-    spec = JobSpec(name="tiny", trainer="tlm", gpus=0, nproc_per_node=nproc, overrides=(
-        "data.batch_size=8", "train.max_steps=15", "train.checkpoint_every=5", "train.eval_every=0",
-        "train.eval_batches=1", "train.log_every=5", "train.num_workers=0", "train.tensorboard=false",
-        # A pod restarted while its peer is still failing can rendezvous with the dying peer's agent and
-        # then wait in init_process_group: the collective timeout is what frees it, as on a real cluster.
-        "train.dist_timeout_s=60"))
-    config = (ROOT / "configs" / "tiny_mlm.yaml").read_text()
-    job = LocalJob([config_map(spec, config), pytorch_job(spec)], claims, tmp_path)
+    # A pod restarted while its peer is still failing can rendezvous with the dying peer's agent and
+    # then wait in init_process_group: the collective timeout is what frees it, as on a real cluster.
+    job = _tiny_job(claims, tmp_path, nproc, "train.num_workers=0", "train.dist_timeout_s=60")
     run_dir = claims["pretrain-checkpoints"] / "tiny"
     worker = job.pod("tiny-worker-0")
     job.start()
@@ -93,8 +73,5 @@ def test_job_trains_resumes_after_a_pod_is_killed_and_exports(data_volume: Path,
     assert "resumed from" in logs and worker.restarts == 1, logs
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 15
 
-    export = _batch_job("export")
-    run_env = export["spec"]["template"]["spec"]["containers"][0]["env"]
-    next(variable for variable in run_env if variable["name"] == "RUN")["value"] = "tiny"
-    run_batch_job(export, claims, tmp_path, TIMEOUT_S)
+    run_batch_job(export_job("tiny"), claims, tmp_path, TIMEOUT_S)   # what `submit export tiny` creates
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.npz", "model.pt", "vocab.txt"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from data_pipeline.errors import run_cli
+from pretrain.k8s.export_job import export_job
 from pretrain.k8s.manifest import JobSpec, pytorch_job
 from pretrain.submit import main
 from tests.k8s.fake_apiserver import FakeApiServer
@@ -286,3 +287,32 @@ def test_pod_resources_default_per_gpu(gpus: int, cpus: str, memory: str, shm: s
     spec = JobSpec(name="j", trainer="tlm", gpus=gpus)
     assert (spec.cpus, spec.memory, spec.shm_size) == (cpus, memory, shm)
     assert JobSpec(name="j", trainer="tlm", gpus=8, cpus="10", memory="40Gi").cpus == "10"
+
+
+BATCH_JOBS = "/apis/batch/v1/namespaces/team-a/jobs"
+
+
+def test_export_creates_the_export_job_of_a_run_and_says_how_to_copy_it_out(server, tmp_path, capsys) -> None:
+    assert _run("export", "tiny-mlm", "--format", "npz", "hf", "--kubeconfig",
+                str(server.kubeconfig(tmp_path))) == 0
+    assert server.calls() == [f"GET {BATCH_JOBS}/export-tiny-mlm", f"POST {BATCH_JOBS}"]
+    job = server.requests[1].body
+    assert job == export_job("tiny-mlm", ["npz", "hf"]) and resource_errors(job) == []
+    out = capsys.readouterr().out
+    assert "kubectl cp checkpoints-reader:/checkpoints/tiny-mlm/export ./tiny-mlm-export" in out
+
+
+def test_export_replaces_a_finished_export_job_and_refuses_a_running_one(server, tmp_path, capsys) -> None:
+    kubeconfig = str(server.kubeconfig(tmp_path))
+    finished = {**export_job("demo"), "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    server.objects[("jobs", "team-a", "export-demo")] = finished
+    assert _run("export", "demo", "--kubeconfig", kubeconfig) == 0
+    assert server.calls() == [f"GET {BATCH_JOBS}/export-demo", f"DELETE {BATCH_JOBS}/export-demo",
+                              f"GET {BATCH_JOBS}/export-demo", f"POST {BATCH_JOBS}"]
+    assert _run("export", "demo", "--kubeconfig", kubeconfig) == 2
+    assert "job export-demo is still running in namespace team-a" in capsys.readouterr().err
+
+
+def test_export_render_prints_the_job_without_a_cluster(capsys) -> None:
+    assert _run("export", "demo", "--render") == 0
+    assert yaml.safe_load(capsys.readouterr().out) == export_job("demo")

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from pretrain.checkpoint import list_checkpoints
+from pretrain.k8s.export_job import export_job
 from pretrain.k8s.manifest import JobSpec, config_map
 from pretrain.k8s.trainjob import train_job, training_runtime
+from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.operator_harness import run_batch_job
-from tests.k8s.test_operator_faithful import _batch_job, data_volume  # noqa: F401  (the k8s/data Job's volume)
 from tests.k8s.trainer_harness import LocalTrainJob
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 240
 OVERRIDES = ("data.batch_size=8", "train.max_steps=15", "train.checkpoint_every=5", "train.eval_every=0",
              "train.eval_batches=1", "train.log_every=5", "train.tensorboard=false",
              # A node restarted into a dying peer's rendezvous is freed by the collective timeout.
@@ -43,17 +42,14 @@ def _run_to_completion(job: LocalTrainJob) -> str:
 
 
 def _export(run: str, claims: dict[str, Path], workdir: Path) -> dict[str, np.ndarray]:
-    export = _batch_job("export")
-    env = export["spec"]["template"]["spec"]["containers"][0]["env"]
-    next(variable for variable in env if variable["name"] == "RUN")["value"] = run
-    run_batch_job(export, claims, workdir, TIMEOUT_S)
+    run_batch_job(export_job(run), claims, workdir, TIMEOUT_S)   # what `submit export RUN` creates
     with np.load(claims["pretrain-checkpoints"] / run / "export" / "model.npz", allow_pickle=False) as arrays:
         return dict(arrays)
 
 
 @pytest.mark.slow
 def test_trainjob_resubmitted_after_a_node_dies_resumes_and_exports_the_uninterrupted_model(
-        data_volume: Path, tmp_path: Path) -> None:  # noqa: F811
+        data_volume: Path, tmp_path: Path) -> None:
     claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}
     claims["pretrain-checkpoints"].mkdir()
     logs = _run_to_completion(_submitted("straight", claims, tmp_path / "straight"))
@@ -84,7 +80,7 @@ def test_trainjob_resubmitted_after_a_node_dies_resumes_and_exports_the_uninterr
 
 @pytest.mark.slow
 def test_a_deleted_node_pod_stops_every_rank_at_one_checkpoint_and_the_trainjob_still_completes(
-        data_volume: Path, tmp_path: Path) -> None:  # noqa: F811
+        data_volume: Path, tmp_path: Path) -> None:
     # A drain or `kubectl delete pod`: SIGTERM to the node's torchrun, which forwards it to its ranks
     # (and their DataLoader workers); the Job controller creates the pod again.
     claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}

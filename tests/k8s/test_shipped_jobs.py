@@ -1,0 +1,48 @@
+"""Every PyTorchJob shipped under k8s/ runs to completion through the strict operator harness (read-only
+/data, pods as PID namespaces), as kustomize renders it, shrunk by config overrides to a CPU-sized model
+and two steps: the GPU recipes find their data where their headers say and export at the end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint import list_checkpoints
+from tests.k8s.conftest import ROOT, TIMEOUT_S
+from tests.k8s.kustomize import build
+from tests.k8s.operator_harness import LocalJob
+
+SHRINK = ("model.d_model=48", "model.num_heads=3", "model.layers=1", "model.d_ff=96", "data.batch_size=4",
+          "train.max_steps=2", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=1",
+          "train.num_workers=1", "train.compile=false", "train.tensorboard=false", "optim.warmup_steps=1")
+SHORT = ("data.nctx=32", "model.max_len=32")
+JOBS = {   # kustomization -> (job name, overrides)
+    "base": ("pretrain", SHRINK),
+    "overlays/mlm": ("mlm-pretrain", SHRINK + SHORT),
+    "overlays/clm": ("clm-pretrain", SHRINK + SHORT + ("train.grad_accum_steps=1",)),
+    "overlays/dual-encoder": ("dual-encoder-pretrain", SHRINK + ("data.nctx=16", "model.max_len=16",
+                                                         "objective.dual_encoder.recall_candidates=4")),
+    "overlays/electra": ("electra-pretrain", SHRINK + SHORT),
+}
+# overlays/elastic (4 Workers, c10d rendezvous) is not run here yet: through this harness its four
+# torchrun agents never got past the rendezvous within 240 s on a 2-core box (not understood yet).
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("directory", JOBS)
+def test_shipped_job_trains_and_exports_on_a_read_only_data_volume(directory: str, data_volume: Path,
+                                                                   bpe_data_volume: Path, tmp_path: Path) -> None:
+    name, overrides = JOBS[directory]
+    data = bpe_data_volume if directory == "overlays/clm" else data_volume
+    claims = {"pretrain-data": data, "pretrain-checkpoints": tmp_path / "checkpoints"}
+    claims["pretrain-checkpoints"].mkdir()
+    job = LocalJob(build(ROOT / "k8s" / directory), claims, tmp_path, overrides)
+    assert job.name == name
+    job.start()
+    try:
+        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
+    finally:
+        job.kill()
+    run_dir = claims["pretrain-checkpoints"] / name
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")] == [2], job.logs()
+    assert (run_dir / "export" / "model.pt").is_file(), job.logs()
