@@ -70,16 +70,19 @@ def restore_collections_aliases() -> None:
             setattr(collections, name, getattr(collections.abc, name))
 
 
-def time_round_robin(contenders: list[Contender], device: str, warmup: int, steps: int) -> dict[str, float]:
-    """Median seconds per training step of each contender (bf16 autocast on CUDA)."""
+def time_round_robin(contenders: list[Contender], device: str, warmup: int, steps: int,
+                     bf16: bool | None = None) -> dict[str, float]:
+    """Median seconds per training step of each contender, all under bf16 autocast when `bf16` (default: on
+    CUDA only) and fp32 otherwise."""
     cuda = device.startswith("cuda")
+    bf16 = cuda if bf16 is None else bf16
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for step in range(warmup + steps):
         for contender in contenders:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=bf16):
                 contender.step()
             if cuda:
                 torch.cuda.synchronize()
@@ -88,10 +91,28 @@ def time_round_robin(contenders: list[Contender], device: str, warmup: int, step
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def run_header(device: str) -> str:
+def matmul_peak_flops(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's measured matmul FLOP/s in `dtype`: the best of `repeats` size x size products (the
+    MFU denominator on a CPU, where no vendor table applies; best-of, since load only ever slows it)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def run_header(device: str, bf16: bool | None = None) -> str:
     """The first line of a report: date, torch version, device and precision."""
+    bf16 = device.startswith("cuda") if bf16 is None else bf16
+    precision = "bf16 autocast" if bf16 else "fp32"
     if device.startswith("cuda"):
-        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast"
+        where = torch.cuda.get_device_name(device)
     else:
-        where = f"CPU {platform.machine()} x {torch.get_num_threads()} threads, fp32"
-    return f"{time.strftime('%Y-%m-%d')} | torch {torch.__version__} | {where}"
+        where = f"CPU {platform.machine()} x {torch.get_num_threads()} threads"
+    return f"{time.strftime('%Y-%m-%d')} | torch {torch.__version__} | {where}, {precision}"

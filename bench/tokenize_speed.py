@@ -9,7 +9,7 @@ BPE learned from it (--vocab-size), and for each:
                   same BERT pipeline; BPE: an HF BPE model from the same merges, NFC + our pre-tokenisation
                   rule as a regex split, end-of-word suffix </w> (its segmentation equals fastBPE's).
   ours_batch      our Tokenizer.encode_batch in this one process (BPE: word cache + fastBPE; WordPiece:
-                  HF encode_batch_fast).
+                  ASCII lines split here, word cache + HF's WordPiece model; other lines HF's pipeline).
   ours_preprocess preprocess(): read the file, tokenize in --processes processes, write shards.
 Every run starts from fresh tokenizers (cold caches); MB/s is input UTF-8 MB over the median of --runs
 wall times, and ratio is ours / hf_batch from the same run of this script.

@@ -1,7 +1,8 @@
 """Training throughput of our masked LM beside two peers of the same shape, measured in the same run.
 
     .venv/bin/python bench/train_step.py            # defaults: D 256, 4 layers, 4 heads, FFN 1024, V 8192,
-                                                    # T 128, B 32; fp32 on CPU, bf16 autocast on CUDA
+                                                    # T 128, B 32; fp32 then bf16 autocast, all three models
+    .venv/bin/python bench/train_step.py --precision fp32 --profile   # + where our step's time goes
 
 Peers: Hugging Face `BertForMaskedLM` and mead-baseline's 8-mile `TransformerMaskedLanguageModel`, both
 BERT-shaped (post-LN, learned positions + token-type-0 bias, embedding LayerNorm, tied output with bias).
@@ -10,7 +11,9 @@ AdamW on one batch masked once by our TokenMasker (15% targets), with the loss o
 peers project every position to the vocabulary because that is how they work, ours projects only the
 targets. Steps run round-robin (one step of each model in turn), so load from other processes hits all
 three alike; the reported figure is the median over the timed steps after warm-up. On a CPU shared with
-other jobs, `--threads 1` keeps thread oversubscription from drowning the differences.
+other jobs, `--threads 1` keeps thread oversubscription from drowning the differences. Each precision is
+its own round robin, the peers under the same autocast as ours; MFU is against this machine's matmul peak
+in that precision, measured at the start (printed), or the vendor's bf16 peak on a known GPU.
 Needs `transformers` and `mead-baseline==2.4.2` (which brings mead-layers) in the venv.
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import Contender, model_config, restore_collections_aliases, run_header, shape_parser, time_round_robin
+from harness import (Contender, matmul_peak_flops, model_config, restore_collections_aliases, run_header,
+                     shape_parser, time_round_robin)
 
 from pretrain.metrics import mfu, peak_bf16_flops
 from pretrain.model import TransformerLM, flops_per_token
@@ -35,6 +39,8 @@ MASKING = MaskingConfig()  # BERT's recipe: 15% targets, 80% [MASK] / 10% random
 def parse_args() -> argparse.Namespace:
     parser = shape_parser(__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU intra-op threads")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--profile", action="store_true", help="then profile 3 steps of ours per precision")
     return parser.parse_args()
 
 
@@ -100,27 +106,51 @@ def mead_tlm(args: argparse.Namespace, batch: dict) -> Contender:
                      args.batch * args.seq, flops)
 
 
+def report(args: argparse.Namespace, contenders: list[Contender], bf16: bool, peak: float) -> float:
+    """Time one round robin at one precision, print its table; our median seconds per step."""
+    seconds = time_round_robin(contenders, args.device, args.warmup, args.steps, bf16=bf16)
+    print(run_header(args.device, bf16))
+    for contender in contenders:
+        tokens_per_s = contender.tokens / seconds[contender.name]
+        print(f"{contender.name:46s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step"
+              f"  MFU {mfu(contender.flops_per_token, tokens_per_s, peak, world_size=1):.1%}")
+    fastest_peer = min(seconds[c.name] for c in contenders[1:])
+    print(f"ours / faster peer: {fastest_peer / seconds[contenders[0].name]:.2f}x")
+    return seconds[contenders[0].name]
+
+
+def profile(contender: Contender, device: str, bf16: bool) -> None:
+    """Where our step's time goes: the ops with the most self time over 3 steps."""
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile() as prof:
+        for _ in range(3):
+            with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16):
+                contender.step()
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     batch = masked_batch(args)
     contenders = [build(args, batch) for build in (ours, hf_bert, mead_tlm)]
-    seconds = time_round_robin(contenders, args.device, args.warmup, args.steps)
-
-    peak = peak_bf16_flops(torch.cuda.get_device_name(args.device)) if args.device.startswith("cuda") else None
-    print(run_header(args.device))
+    gpu_peak = peak_bf16_flops(torch.cuda.get_device_name(args.device)) if args.device.startswith("cuda") else None
     print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {args.vocab}, T {args.seq}, "
           f"B {args.batch}, {batch['targets'].numel()} targets; median of {args.steps} steps after "
           f"{args.warmup} warm-up")
-    for contender in contenders:
-        tokens_per_s = contender.tokens / seconds[contender.name]
-        line = f"{contender.name:46s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step"
-        if peak:
-            line += f"  MFU {mfu(contender.flops_per_token, tokens_per_s, peak, world_size=1):.1%}"
-        print(line)
-    fastest_peer = min(seconds[c.name] for c in contenders[1:])
-    print(f"ours / faster peer: {fastest_peer / seconds[contenders[0].name]:.2f}x")
+    ours_seconds = {}
+    for precision in (("fp32", "bf16") if args.precision == "both" else (args.precision,)):
+        bf16 = precision == "bf16"
+        peak = gpu_peak or matmul_peak_flops(args.device, torch.bfloat16 if bf16 else torch.float32)
+        print(f"\nmatmul peak {precision}: {peak / 1e9:.0f} GFLOP/s ({'vendor table' if gpu_peak else 'measured'})")
+        ours_seconds[precision] = report(args, contenders, bf16, peak)
+        if args.profile:
+            profile(contenders[0], args.device, bf16)
+    if len(ours_seconds) == 2:
+        print(f"\nours bf16 / ours fp32: {ours_seconds['fp32'] / ours_seconds['bf16']:.2f}x")
 
 
 if __name__ == "__main__":

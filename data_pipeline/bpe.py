@@ -16,20 +16,18 @@ import os
 import re
 import sys
 import unicodedata
-from itertools import chain
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from data_pipeline.errors import DataError, UserError
 from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, read_vocab_lines, token_flags
+from data_pipeline.word_cache import DEFAULT_CACHE_WORDS, WordCache
 
 SPECIAL_TOKENS = ("<PAD>", "<GO>", "<EOS>", "<UNK>", "[CLS]", "[MASK]")
 CONTINUATION = "@@"  # fastBPE's mark on every piece but a word's last
 END_OF_WORD = "</w>"  # fastBPE's mark on a word's last symbol inside codes
 _WORDS = re.compile(r"\w+|[^\w\s]")
-# Unique words cached per process; cleared when full (Zipf: the frequent words are back within a batch).
-DEFAULT_CACHE_WORDS = 1 << 19
 
 
 def pretokenize(text: str) -> list[str]:
@@ -154,8 +152,7 @@ class BPETokenizer:
         self._tokens = list(SPECIAL_TOKENS) + read_bpe_vocab(spec.vocab)
         self._ids = {token: i for i, token in enumerate(self._tokens)}
         self._bpe = fastbpe_applier(spec.codes, spec.vocab)
-        self._cache: dict[str, tuple[int, ...]] = {}
-        self._cache_words = cache_words
+        self._cache = WordCache(self._segment, cache_words)
         self.vocab_size = len(self._tokens)
         self.pad_id, self.sep_id, self.unk_id, self.cls_id, self.mask_id = (
             self._ids[t] for t in ("<PAD>", "<EOS>", "<UNK>", "[CLS]", "[MASK]"))
@@ -166,21 +163,12 @@ class BPETokenizer:
         self.fingerprint = files_fingerprint(spec.vocab, spec.codes)
 
     def __reduce__(self) -> tuple:
-        return (BPETokenizer, (self.spec, self._cache_words))
+        return (BPETokenizer, (self.spec, self._cache.max_words))
 
-    def _cache_words_of(self, word_lists: Sequence[list[str]]) -> None:
-        """Segment (once) every word of the batch that is not cached yet."""
-        words = set().union(*word_lists)
-        missing = words - self._cache.keys()
-        if len(self._cache) + len(missing) > self._cache_words:
-            self._cache.clear()
-            missing = words
-        if not missing:
-            return
-        missing_list = list(missing)
+    def _segment(self, words: list[str]) -> list[tuple[int, ...]]:
+        """Ids of each word's fastBPE pieces (pieces outside the vocab are <UNK>)."""
         ids, unk = self._ids, self.unk_id
-        for word, pieces in zip(missing_list, self._bpe.apply(missing_list)):
-            self._cache[word] = tuple(ids.get(piece, unk) for piece in pieces.split(" "))
+        return [tuple(ids.get(piece, unk) for piece in pieces.split(" ")) for pieces in self._bpe.apply(words)]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, no special tokens added; characters never seen in training are <UNK>."""
@@ -188,10 +176,7 @@ class BPETokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` for many texts: one fastBPE call for all their new words, then cache lookups."""
-        word_lists = [pretokenize(text) for text in texts]
-        self._cache_words_of(word_lists)
-        lookup = self._cache.__getitem__
-        return [list(chain.from_iterable(map(lookup, words))) for words in word_lists]
+        return self._cache.encode([pretokenize(text) for text in texts])
 
     def decode(self, ids: Sequence[int]) -> str:
         """The pre-tokenised text: words separated by single spaces, pieces glued back together.

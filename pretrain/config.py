@@ -73,7 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 1000       # 0: checkpoint only at the end (and on SIGTERM)
     keep_checkpoints: int = 3
     resume: str = "auto"               # auto | none | path of a checkpoint file
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on GPU and AMX CPUs, else fp32
     compile: bool = False
     dist_timeout_s: int = 1800
     device: Literal["auto", "cpu", "cuda"] = "auto"

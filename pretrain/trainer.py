@@ -38,6 +38,7 @@ from pretrain.config import OptimConfig, TrainConfig
 from pretrain.distributed import DistEnv, all_gather_object, all_reduce_sum, broadcast_object
 from pretrain.metrics import MeanAccumulator, MetricsLogger, Stopwatch, TrainRecord, mfu, peak_bf16_flops
 from pretrain.optim import build_optimizer, build_scheduler
+from pretrain.precision import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,6 @@ def train(objective: nn.Module, train_data: IterableDataset, valid_data: Iterabl
     (see config.to_dict) is written to run_dir/config.yaml and into every checkpoint.
     """
     return Trainer(objective, train_data, valid_data, train_cfg, optim_cfg, env, resolved_config, export).fit()
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast for precision "bf16", and for "auto" on a GPU that supports it; fp32 otherwise."""
-    if device.type != "cuda":
-        return precision == "bf16"
-    supported = torch.cuda.is_bf16_supported()
-    if precision == "bf16" and not supported:
-        raise UserError("train.precision=bf16 but this GPU has no bf16 support; use train.precision=auto or fp32")
-    return precision != "fp32" and supported
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class Embeddings(nn.Module):
         super().__init__()
         self.word = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.embeddings.startswith("learned") else None
-        self.bias = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.embeddings == "learned-bias" else None
+        # N(0, 0.02) like the BERT token-type row it stands for.
+        self.bias = nn.Parameter(torch.randn(cfg.d_model) * 0.02) if cfg.embeddings == "learned-bias" else None
         if cfg.embeddings == "sinusoidal":
             # Not a parameter and not saved: it is a pure function of the config.
             self.register_buffer("sinusoid", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)

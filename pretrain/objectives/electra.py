@@ -158,9 +158,23 @@ def ratio(hits: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.
     return hits.sum(), total.sum()
 
 
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AUC, 1) of `scores` separating `positive` from the rest (Mann-Whitney U over ranks), or (0, 0) when
+    one class is empty, so the logged mean is over the micro-batches that have both and never NaN."""
+    positives = positive.sum()
+    negatives = positive.numel() - positives
+    if positives == 0 or negatives == 0:
+        return scores.new_zeros(()), scores.new_zeros(())
+    ranks = scores.float().argsort().argsort().double() + 1
+    u_statistic = ranks[positive].sum() - positives * (positives + 1) / 2
+    return u_statistic / (positives * negatives), scores.new_ones(())
+
+
 class Electra(nn.Module):
     """batch {tokens, inputs, target_index, targets, sampling_uniform} -> generator MLM loss and
-    discriminator loss (binary cross-entropy over every non-padding position), with their metrics."""
+    discriminator loss (binary cross-entropy over every non-padding position), with their metrics: the
+    discriminator's accuracy beside `original_rate` (always answering "original"), its ROC AUC on
+    replaced-token detection (mean over micro-batches), recall, and how many targets the sample replaced."""
 
     perplexity_terms = ("generator",)
 
@@ -198,15 +212,16 @@ class Electra(nn.Module):
         loss_sum = F.binary_cross_entropy_with_logits(logits, replaced.float(), weight=real.float(),
                                                       reduction="sum")
         predicted = (logits > 0) & real
-        caught = predicted & replaced
         return {
             "losses": {"generator": mlm["losses"]["lm"], "discriminator": (loss_sum, real.sum())},
             "metrics": {
                 "generator_accuracy": mlm["metrics"]["accuracy"],
                 "discriminator_accuracy": ratio((predicted == replaced) & real, real),
-                "replaced_precision": ratio(caught, predicted),
-                "replaced_recall": ratio(caught, replaced),
-                "replaced_rate": (replaced.sum(), target_index.numel()),
+                # The accuracy of always answering "original": the bar discriminator_accuracy must clear.
+                "original_rate": ratio(~replaced & real, real),
+                "replaced_recall": ratio(predicted & replaced, replaced),
+                "replaced_auc": roc_auc(logits[real], replaced[real]),
+                "replaced_of_targets": (replaced.sum(), target_index.numel()),
             },
             "tokens": tokens.numel(),
         }

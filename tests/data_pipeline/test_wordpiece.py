@@ -6,6 +6,7 @@ import pytest
 
 from data_pipeline.errors import DataError
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
+from data_pipeline.wordpiece import WordPieceTokenizer, hf_wordpiece, read_wordpiece_vocab
 from tests.data_pipeline.conftest import one_line_error, write
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "the", "token", "##izer", "##s", "split",
@@ -86,3 +87,42 @@ def test_malformed_vocab_is_one_data_error_naming_the_line(tmp_path, content, me
 def test_missing_vocab_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_tokenizer(TokenizerSpec("wordpiece", str(tmp_path / "nope.txt")))
+
+
+ADVERSARIAL = [
+    "Café naïve RÉSUMÉ Ångström façade", "ΣΊΣΥΦΟΣ ΌΔΟΣ σοφός", "İstanbul ǅemal ß ﬁ",  # accents, sigma, İ
+    "中文字符和日本語のテキスト、한국어", "emoji 🤖🚀👍🏽 and ZWJ 👨‍👩‍👧 text",
+    "control\x00\x01\x07\x0b\x0c\x1c\x1f\x7f\x85 chars\tand\r\nbreaks", "zero\u200bwidth\u00a0nbsp\u3000ideographic",
+    "replacement \ufffd char", "«guillemets» „quotes“ — dashes – ‘single’ ¿qué? ¡sí! …", "$5+3=8 <tag> ^_^ `x` |y| ~z",
+    "a" * 99, "b" * 100, "c" * 101 + " tail", "x" * 300 + "é", "[MASK] [CLS] [unused0] ## ##izer",
+    "", "   ", "\t\n", "tokenizers' split-words, (the) [token].", "A.B.C. e.g. i.e. U.S.A.",
+]
+
+
+def _hf_ids(spec: TokenizerSpec, texts: list[str]) -> list[list[int]]:
+    vocab = {token: i for i, token in enumerate(read_wordpiece_vocab(spec.vocab))}
+    return [enc.ids for enc in hf_wordpiece(vocab, spec.lowercase).encode_batch(texts, add_special_tokens=False)]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_ids_equal_hf_on_the_sample_corpus_and_adversarial_text(wordpiece_spec, full_corpus, lowercase):
+    spec = TokenizerSpec("wordpiece", wordpiece_spec.vocab, lowercase=lowercase)
+    texts = full_corpus.train.read_text(encoding="utf-8").splitlines() + ADVERSARIAL
+    ours = load_tokenizer(spec).encode_batch(texts)
+    assert sum(not t.isascii() for t in texts) > 10 and sum(map(len, ours)) > 100_000
+    assert ours == _hf_ids(spec, texts)
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_every_ascii_character_splits_as_hf_splits_it(wordpiece_spec, lowercase):
+    spec = TokenizerSpec("wordpiece", wordpiece_spec.vocab, lowercase=lowercase)
+    texts = [f"{prefix}{chr(c)}{suffix}" for c in range(128) for prefix, suffix in [("", ""), ("the", "is"),
+                                                                                    ("A ", "B"), ("x", " ")]]
+    assert [load_tokenizer(spec).encode(t) for t in texts] == _hf_ids(spec, texts)
+
+
+def test_full_word_cache_is_cleared_and_ids_do_not_change(wordpiece_spec, small_corpus):
+    texts = small_corpus.train.read_text().splitlines()[:300]
+    small_cache = WordPieceTokenizer(wordpiece_spec, cache_words=40)
+    assert [small_cache.encode(t) for t in texts] == load_tokenizer(wordpiece_spec).encode_batch(texts)
+    assert 0 < len(small_cache._cache) <= 40

@@ -6,7 +6,7 @@ import torch
 
 from pretrain.config import ConfigError
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, generator_config,
+from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, generator_config, roc_auc,
                                          sample_tokens)
 from pretrain.objectives.masking import TokenMasker
 
@@ -85,8 +85,9 @@ def test_a_sample_equal_to_the_original_is_not_counted_as_replaced():
         return torch.nn.functional.one_hot(batch["targets"], VOCAB).float() * 100.0
     model.generator.logits = certain_logits
     metrics = model(batch)["metrics"]
-    assert metrics["replaced_rate"][0] == 0
+    assert metrics["replaced_of_targets"][0] == 0 and metrics["original_rate"][0] == metrics["original_rate"][1]
     assert metrics["replaced_recall"][1] == 0
+    assert metrics["replaced_auc"][1] == 0  # no replaced token: no AUC, rather than a NaN
 
 
 def test_losses_metrics_and_weights():
@@ -95,10 +96,18 @@ def test_losses_metrics_and_weights():
     assert model.loss_weights == {"generator": 1.0, "discriminator": 50.0}
     assert out["losses"]["discriminator"][1] == 4 * 16  # every non-padding position
     assert out["losses"]["generator"][1] == masked_batch()["targets"].numel()
-    assert set(out["metrics"]) == {"generator_accuracy", "discriminator_accuracy", "replaced_precision",
-                                   "replaced_recall", "replaced_rate"}
+    assert set(out["metrics"]) == {"generator_accuracy", "discriminator_accuracy", "original_rate",
+                                   "replaced_recall", "replaced_auc", "replaced_of_targets"}
     hits, total = out["metrics"]["replaced_recall"]
     assert 0 <= hits <= total <= out["losses"]["generator"][1]
+
+
+def test_auc_ranks_replaced_tokens_above_originals():
+    scores = torch.tensor([0.1, 0.9, 0.4, 0.8, 0.3])
+    assert roc_auc(scores, torch.tensor([False, True, False, True, False]))[0] == 1.0
+    assert roc_auc(scores, torch.tensor([True, False, True, False, True]))[0] == 0.0
+    auc, count = roc_auc(scores, torch.tensor([False, True, True, False, False]))  # 0.9, 0.4 vs 0.1, 0.8, 0.3
+    assert count == 1 and auc.item() == pytest.approx(5 / 6)  # 0.4 loses only to 0.8
 
 
 def test_no_gradient_flows_through_the_sample():

@@ -124,6 +124,23 @@ def test_validation_accuracy_is_far_below_what_a_label_leak_gives(trained):
     assert result.valid["accuracy"] < 0.2
 
 
+def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_optimizer_state(sample, tmp_path):
+    runs = {precision: train_in_process(tlm_args("mlm", sample.dir, tmp_path / precision, "train.max_steps=60",
+                                                 f"train.precision={precision}", "train.checkpoint_every=60"))
+            for precision in ("bf16", "fp32")}
+    bf16 = runs["bf16"]
+    assert bf16.completed
+    assert bf16.valid["lm"] < math.log(resolved_config(tmp_path / "bf16")["model"]["vocab_size"]) - 1.0
+    assert abs(bf16.valid["lm"] - runs["fp32"].valid["lm"]) < 0.3
+    state = torch.load(bf16.checkpoint, weights_only=True)
+    assert all(value.dtype == torch.float32 for value in state["objective"].values())
+    assert all(value.dtype == torch.float32 for per_param in state["optimizer"]["state"].values()
+               for name, value in per_param.items() if name != "step")
+    # The bf16 run really computed in bf16: the same steps in fp32 end at other weights.
+    fp32_state = torch.load(runs["fp32"].checkpoint, weights_only=True)
+    assert any(not torch.equal(value, fp32_state["objective"][name]) for name, value in state["objective"].items())
+
+
 # -- tokenizers and input formats -------------------------------------------------------------------------
 
 def test_bpe_tokenizer_trains_on_the_sample_corpus(sample, tmp_path):
