@@ -181,13 +181,29 @@ def seq2seq_layout(model: Seq2Seq, name: str = "Seq2Seq") -> Layout:
     return layout
 
 
+# Settings mead-baseline's Transformer has no counterpart for, and the value it computes.
+MEAD_REQUIRES = (("rope", False), ("ffn", "gelu"), ("norm_layer", "layernorm"), ("bias", True),
+                 ("first_attn_norm", True), ("global_every", 1))
+
+
+def check_mead_expressible(cfg: TransformerConfig) -> None:
+    """UserError naming the first setting an 8-mile NPZ cannot express."""
+    for name, value in MEAD_REQUIRES:
+        if getattr(cfg, name) != value:
+            raise UserError(f"--format npz: mead-baseline's Transformer cannot express model.{name}="
+                            f"{getattr(cfg, name)!r} (needs {value!r}); export it as torch or hf instead")
+
+
 def layout_of(model: nn.Module) -> Layout:
     """The layout of an exportable model, by its class."""
     if isinstance(model, TransformerLM):
+        check_mead_expressible(model.cfg)
         return tlm_layout(model.cfg)
     if isinstance(model, DualEncoder):
+        check_mead_expressible(model.model.cfg)
         return dual_encoder_layout(model)
     if isinstance(model, Seq2Seq):
+        check_mead_expressible(model.encoder.cfg)
         return seq2seq_layout(model)
     raise UserError(f"no 8-mile layout for a {type(model).__name__}")
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
+from export.eight_mile import layout_of
 from export.hf import hf_architecture, write_hf
 from export.manifest import describe, write_tokenizer_files
 from export.npz import write_npz
@@ -32,6 +33,8 @@ def check_formats(model: nn.Module, formats: Sequence[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"unknown export format {unknown[0]!r}: use one or more of {', '.join(FORMATS)}")
+    if "npz" in formats:
+        layout_of(model)
     if "hf" in formats:
         if not isinstance(model, TransformerLM):
             raise UserError(f"--format hf holds language models (TransformerLM), not a {type(model).__name__}: "

@@ -169,7 +169,8 @@ def test_initialisation_is_bert_style():
     assert bool((block.attn_norm.weight == 1).all()) and not block.attn_norm.bias.any()
 
 
-@pytest.mark.parametrize("variant", [{}, {"rpr_k": 2}, {"rpr_k": 2, "rpr_values": True}, {"head_transform": True}],
+@pytest.mark.parametrize("variant", [{}, {"rpr_k": 2}, {"rpr_k": 2, "rpr_values": True}, {"head_transform": True},
+                                     {"ffn": "swiglu", "rope": True, "global_every": 2, "local_window": 4}],
                          ids=str)
 def test_flops_per_token_equals_counted_training_matmuls(variant):
     """MLM-style step: every position through the encoder, only 5 of them through the output projection.
