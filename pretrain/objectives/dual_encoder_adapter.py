@@ -1,0 +1,75 @@
+"""What a dual encoder exports: the whole DualEncoder (shared encoder, both encoding heads, learned scale).
+
+In an NPZ it follows mead's save_transformer_de_npz: "TLM" embeddings and stack, TLM/ReductionLayer and
+TLM/ff1 for the contexts, and for the responses the extension TLM/ResponseReductionLayer and TLM/ff2 (mead
+keeps one reduction for both sides; with shared_head the same arrays are written again). The learned
+inverse temperature is the extension TLM/log_scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from data_pipeline.tokenizer import Tokenizer
+from pretrain.exportable import Entry, ExportAdapter, Layout, RunModel, objective_name, run_model_config
+from pretrain.model import TransformerConfig, TransformerLM
+from pretrain.model.eight_mile import linear, tlm_layout
+from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig, EncodingHead
+
+
+def heads_config(section: Mapping[str, Any]) -> DualEncoderConfig:
+    return DualEncoderConfig(**dict(section, projection_hidden=tuple(section.get("projection_hidden", ()))))
+
+
+def encoding_head_layout(head: EncodingHead, ours: str, reduction: str, projection: str) -> Layout:
+    """A dual-encoder side: ConveRT's 2-head attention pooling as mead's TwoHeadConcat (reduction1 and
+    reduction2 are its heads' query and key rows; their value rows and the output projection, which mead's
+    reduction lacks, are the extensions reduction{1,2}/w_V and w_O), then the projection as ff1/ff2
+    (one Linear: mead's Dense; with hidden layers each Linear j is the extension {ff}/{j})."""
+    layout: Layout = []
+    if hasattr(head.pooling, "attn"):
+        for part, suffix in (("weight", "weights"), ("bias", "bias")):
+            layout.append(Entry(f"{ours}.pooling.attn.w_QKV.{part}", tuple(
+                f"{reduction}/reduction{h}/{w}/{suffix}" for w in ("w_Q", "w_K", "w_V") for h in (1, 2))))
+        layout += linear(f"{ours}.pooling.attn.w_O", f"{reduction}/w_O")
+    linears = [i for i, module in enumerate(head.projection) if isinstance(module, nn.Linear)]
+    for j, index in enumerate(linears):
+        layout += linear(f"{ours}.projection.{index}", projection if len(linears) == 1 else f"{projection}/{j}")
+    return layout
+
+
+class DualEncoderAdapter(ExportAdapter):
+    name = "DualEncoder"
+    model_class = DualEncoder
+
+    def config_of(self, model: DualEncoder) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(model.model.cfg), "dual_encoder": dataclasses.asdict(model.cfg),
+                "pad_id": model.pad_id}
+
+    def build(self, config: Mapping[str, Any]) -> DualEncoder:
+        return DualEncoder(TransformerLM(TransformerConfig(**config["model"])), heads_config(config["dual_encoder"]),
+                           pad_id=config["pad_id"])
+
+    def encoder(self, model: DualEncoder) -> TransformerLM:
+        return model.model
+
+    def from_run(self, config: Mapping[str, Any], tokenizer: Tokenizer) -> RunModel | None:
+        if objective_name(config) != "dual_encoder":
+            return None
+        heads = heads_config(config["objective"]["dual_encoder"])
+        return RunModel(DualEncoder(TransformerLM(run_model_config(config, tokenizer.vocab_size)), heads,
+                                    pad_id=tokenizer.pad_id), prefix="")
+
+    def eight_mile(self, model: DualEncoder, name: str = "TLM") -> Layout:
+        layout = tlm_layout(model.model.cfg, "model.", name)
+        layout += encoding_head_layout(model.context_head, "context_head", f"{name}/ReductionLayer", f"{name}/ff1")
+        layout += encoding_head_layout(model.response_head, "response_head", f"{name}/ResponseReductionLayer",
+                                       f"{name}/ff2")
+        layout.append(Entry("log_scale", (f"{name}/log_scale",)))
+        return layout
+
+
+ADAPTER = DualEncoderAdapter()
