@@ -16,7 +16,7 @@ from export.exporter import OUTPUT_NAMES
 from export.manifest import Manifest, resolve_tokenizer
 from export.npz import read_npz
 from export.torch_format import read_torch
-from pretrain.adapters import TransformerLM, load_module_state
+from pretrain.adapters import TransformerLM, adapter_of, load_module_state
 
 # Settings that may differ between an export and the model initialised from it: they change training,
 # not the function the weights compute.
@@ -67,14 +67,16 @@ def load_encoder(path: str | Path) -> tuple[TransformerLM, TokenizerSpec]:
     return manifest.adapter.encoder(model), resolve_tokenizer(manifest, files, path.parent)
 
 
-def init_from(model: TransformerLM, path: str | Path, expected_fingerprint: str | None = None) -> None:
-    """Load an export's weights into `model` to start training from them (`init_from` in a trainer config).
+def init_from(model: nn.Module, path: str | Path, expected_fingerprint: str | None = None) -> None:
+    """Load an export's encoder into the encoder of `model` (what a run exports) to start training from it
+    (`init_from` in a trainer config).
 
-    The export may hold a TransformerLM or a DualEncoder / Seq2Seq, whose encoder is then used. It must
+    The export may hold a TransformerLM or a DualEncoder / Seq2Seq..., whose encoder is then used. It must
     be the same Transformer: every setting but dropout equal (so that, say, a pre-LN export does not
     silently initialise a post-LN model) and, when `expected_fingerprint` is given (the trainer's
     tokenizer), the same vocab. Any mismatch is one UserError naming the setting or key.
     """
+    model = adapter_of(model).encoder(model)
     exported, manifest, _, path = read_model(path)
     encoder = manifest.adapter.encoder(exported)
     ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(encoder.cfg)

@@ -19,12 +19,13 @@ from pretrain.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, load_module_state
 from pretrain.exportable import (Entry, ExportAdapter, HFModel, Layout, RunModel, SentenceTransformerModel,
                                  run_model_config)
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.objectives import dual_encoder_adapter, language_modeling_adapter, seq2seq_adapter
+from pretrain.objectives import dual_encoder_adapter, electra_adapter, language_modeling_adapter, seq2seq_adapter
 
 ADAPTERS: tuple[ExportAdapter, ...] = (
     language_modeling_adapter.ADAPTER,
     dual_encoder_adapter.ADAPTER,
     seq2seq_adapter.ADAPTER,
+    electra_adapter.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Entry", "ExportAdapter", "HFModel", "Layout", "SentenceTransformerModel", "TransformerLM",

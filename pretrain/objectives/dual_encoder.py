@@ -118,9 +118,17 @@ class DualEncoder(nn.Module):
         padding_mask = tokens != self.pad_id
         return head(self.model(tokens, padding_mask=padding_mask), padding_mask)
 
+    def encode_context(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Contexts [B, T] (padded with pad_id) -> their L2-normalised encodings [B, embed_dim]."""
+        return self.encode(tokens, self.context_head)
+
+    def encode_response(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Responses [B, T] (padded with pad_id) -> their L2-normalised encodings [B, embed_dim]."""
+        return self.encode(tokens, self.response_head)
+
     def forward(self, batch: dict) -> dict:
-        contexts = self.encode(batch["left"], self.context_head)
-        responses = self.encode(batch["right"], self.response_head)
+        contexts = self.encode_context(batch["left"])
+        responses = self.encode_response(batch["right"])
         # Scores in fp32 whatever the autocast: bf16 cosines times a scale of up to 100 would be off by ~0.4.
         with torch.autocast(contexts.device.type, enabled=False):
             out = self.retrieval_loss(contexts, responses)
@@ -151,6 +159,6 @@ class DualEncoder(nn.Module):
         """The encoder's matmul FLOPs per token (the heads, run once per sequence, are left out)."""
         return flops_per_token(self.model.cfg, seq_len, output_fraction=0.0)
 
-    def export_model(self) -> TransformerLM:
-        """The shared encoder (its heads stay in the training checkpoint)."""
-        return self.model
+    def export_model(self) -> DualEncoder:
+        """The whole dual encoder: its encoder, both heads and the learned scale."""
+        return self
