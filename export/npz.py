@@ -10,6 +10,7 @@ file's bytes).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from data_pipeline.errors import UserError
 from data_pipeline.atomic_files import atomic_open
 from export.manifest import Manifest
 from pretrain.adapters import Entry, Layout
+
+log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "pretrain_service/manifest"
 TOKENIZER_PREFIX = "pretrain_service/tokenizer/"
@@ -66,6 +69,8 @@ def from_arrays(model: nn.Module, layout: Layout, arrays: Mapping[str, np.ndarra
 
 def write_npz(path: Path, model: nn.Module, manifest: Manifest, tokenizer_files: Mapping[str, bytes]) -> None:
     """Write the model (8-mile arrays), its manifest and tokenizer files to `path`, atomically."""
+    for note in manifest.adapter.mead_notes(model):
+        log.warning("%s: %s", path, note)
     arrays = to_arrays(model, manifest.adapter.eight_mile(model))
     arrays[MANIFEST_KEY] = np.array(json.dumps(manifest.to_dict()))
     for export_name, data in tokenizer_files.items():

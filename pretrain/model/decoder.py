@@ -19,7 +19,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
+        self.norm_placement = cfg.norm
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values)
         self.self_attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
@@ -31,10 +31,10 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
         # Right padding needs no self-attention mask: under the causal mask a real target never sees a pad.
         x = residual(x, lambda h: self.self_attn(h, causal=True), self.self_attn_norm, self.dropout,
-                     self.pre_norm)
+                     self.norm_placement)
         x = residual(x, lambda h: self.cross_attn(h, memory_mask, memory=memory), self.cross_attn_norm,
-                     self.dropout, self.pre_norm)
-        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+                     self.dropout, self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
 class TransformerDecoder(nn.Module):
@@ -45,7 +45,7 @@ class TransformerDecoder(nn.Module):
         super().__init__()
         self.embeddings = embeddings  # the encoder's module: one vocabulary table for both sides
         self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.layers))
-        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm != "post" else None
         # Only the decoder's own modules: the shared embeddings were initialised by their owner.
         self.layers.apply(init_bert_weights)
 

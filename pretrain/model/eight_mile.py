@@ -19,7 +19,8 @@ attention sublayer's norm and its ln1 the feed-forward one's, and mead-layers' o
 function from the NPZ. Pre-LN it normalises with ln1 before the attention and ln2 before the feed-forward,
 which is where ours go, but its residual starts from the normalised input (x = ln1(x); x = x + attn(x))
 where ours and GPT-2's start from x: a pre-LN NPZ holds the right weights under mead's names, yet mead's
-own pre-LN model computes a different function from them.
+own pre-LN model computes a different function from them (`mead_notes` says so). model.norm="mead-pre" is
+mead's block, which mead computes exactly.
 
 Where mead has no place for one of our weights the key is an extension, named beside mead's, and mead's
 loaders ignore it; every weight is written, so reading the NPZ back restores the model exactly.
@@ -48,15 +49,15 @@ def attention(ours: str, theirs: str, cfg: TransformerConfig, relative: bool = T
 
 
 def _norm_names(cfg: TransformerConfig, sublayers: int) -> tuple[str, ...]:
-    """mead's LayerNorm name for each of a block's sublayers, in order. Pre-LN: ln1, ln2(, ln3) before
+    """mead's LayerNorm name for each of a block's sublayers, in order. Pre-LN (either): ln1, ln2(, ln3) before
     each. Post-LN: the norm after the last sublayer is ln1 and the others shift up by one."""
     names = tuple(f"ln{i}" for i in range(1, sublayers + 1))
-    return names if cfg.norm == "pre" else names[1:] + names[:1]
+    return names if cfg.norm != "post" else names[1:] + names[:1]
 
 
 def encoder_stack(cfg: TransformerConfig, ours: str, theirs: str) -> Layout:
     """The blocks (and final LayerNorm) of a TransformerEncoder as a TransformerEncoderStack."""
-    layout: Layout = linear(f"{ours}.final_norm", f"{theirs}/ln") if cfg.norm == "pre" else []
+    layout: Layout = linear(f"{ours}.final_norm", f"{theirs}/ln") if cfg.norm != "post" else []
     attn_ln, ffn_ln = _norm_names(cfg, 2)
     for i in range(cfg.layers):
         block, layer = f"{ours}.layers.{i}", f"{theirs}/{i}"
@@ -71,7 +72,7 @@ def encoder_stack(cfg: TransformerConfig, ours: str, theirs: str) -> Layout:
 def decoder_stack(cfg: TransformerConfig, ours: str, theirs: str) -> Layout:
     """A TransformerDecoder's blocks (and final LayerNorm) as a TransformerDecoderStack. mead's decoder
     attends over the memory with relative positions too; ours does not, so src_attn has no rpr arrays."""
-    layout: Layout = linear(f"{ours}.final_norm", f"{theirs}/ln") if cfg.norm == "pre" else []
+    layout: Layout = linear(f"{ours}.final_norm", f"{theirs}/ln") if cfg.norm != "post" else []
     self_ln, src_ln, ffn_ln = _norm_names(cfg, 3)
     for i in range(cfg.layers):
         block, layer = f"{ours}.layers.{i}", f"{theirs}/{i}"
@@ -110,3 +111,11 @@ def tlm_layout(cfg: TransformerConfig, ours: str = "", name: str = "TLM") -> Lay
     return layout
 
 
+
+
+def mead_notes(cfg: TransformerConfig) -> list[str]:
+    """What mead-layers computes differently from a model of `cfg` loaded from its NPZ."""
+    if cfg.norm == "pre":
+        return ["model.norm='pre': mead's pre-LN block adds the residual to the normalised input, so mead-layers "
+                "computes a different function from this NPZ (train with model.norm='mead-pre' for mead)"]
+    return []

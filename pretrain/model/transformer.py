@@ -25,10 +25,15 @@ class FeedForward(nn.Module):
 
 
 def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.LayerNorm,
-             dropout: nn.Dropout, pre_norm: bool) -> torch.Tensor:
-    """One residual sublayer: pre-LN x + drop(f(LN(x))) (GPT-2) or post-LN LN(x + drop(f(x))) (BERT)."""
-    if pre_norm:
+             dropout: nn.Dropout, placement: str) -> torch.Tensor:
+    """One residual sublayer, by `placement` (model.norm): "pre" x + drop(f(LN(x))) (GPT-2), "post"
+    LN(x + drop(f(x))) (BERT), or "mead-pre" LN(x) + drop(f(LN(x))): mead-layers' pre-LN block, whose
+    residual stream is the normalised input."""
+    if placement == "pre":
         return x + dropout(sublayer(norm(x)))
+    if placement == "mead-pre":
+        x = norm(x)
+        return x + dropout(sublayer(x))
     return norm(x + dropout(sublayer(x)))
 
 
@@ -42,7 +47,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
+        self.norm_placement = cfg.norm
         self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values)
         self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
@@ -52,8 +57,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 causal: bool = False) -> torch.Tensor:
         x = residual(x, lambda h: self.attn(h, padding_mask, causal), self.attn_norm, self.dropout,
-                     self.pre_norm)
-        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+                     self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
 def init_bert_weights(module: nn.Module) -> None:

@@ -16,7 +16,8 @@ from torch import nn
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.exportable import Entry, ExportAdapter, Layout, RunModel, objective_name, run_model_config
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.model.eight_mile import linear, tlm_layout
+from pretrain.model.eight_mile import linear, mead_notes, tlm_layout
+from pretrain.model.pooling import MeadTwoHeadPooling, TwoHeadAttentionPooling
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig, EncodingHead
 
 
@@ -25,15 +26,20 @@ def heads_config(section: Mapping[str, Any]) -> DualEncoderConfig:
 
 
 def encoding_head_layout(head: EncodingHead, ours: str, reduction: str, projection: str) -> Layout:
-    """A dual-encoder side: ConveRT's 2-head attention pooling as mead's TwoHeadConcat (reduction1 and
-    reduction2 are its heads' query and key rows; their value rows and the output projection, which mead's
-    reduction lacks, are the extensions reduction{1,2}/w_V and w_O), then the projection as ff1/ff2
-    (one Linear: mead's Dense; with hidden layers each Linear j is the extension {ff}/{j})."""
+    """A dual-encoder side: its pooling as mead's TwoHeadConcat (reduction1 and reduction2 are the heads'
+    query and key rows; pooling="2ha" also has value rows and an output projection, which mead's reduction
+    lacks: the extensions reduction{1,2}/w_V and w_O), then the projection as ff1/ff2 (one Linear: mead's
+    Dense; with hidden layers each Linear j is the extension {ff}/{j})."""
     layout: Layout = []
-    if hasattr(head.pooling, "attn"):
-        for part, suffix in (("weight", "weights"), ("bias", "bias")):
+    for part, suffix in (("weight", "weights"), ("bias", "bias")):
+        if isinstance(head.pooling, TwoHeadAttentionPooling):
             layout.append(Entry(f"{ours}.pooling.attn.w_QKV.{part}", tuple(
                 f"{reduction}/reduction{h}/{w}/{suffix}" for w in ("w_Q", "w_K", "w_V") for h in (1, 2))))
+        if isinstance(head.pooling, MeadTwoHeadPooling):
+            for projection_name, w in (("query", "w_Q"), ("key", "w_K")):
+                layout.append(Entry(f"{ours}.pooling.{projection_name}.{part}",
+                                    tuple(f"{reduction}/reduction{h}/{w}/{suffix}" for h in (1, 2))))
+    if isinstance(head.pooling, TwoHeadAttentionPooling):
         layout += linear(f"{ours}.pooling.attn.w_O", f"{reduction}/w_O")
     linears = [i for i, module in enumerate(head.projection) if isinstance(module, nn.Linear)]
     for j, index in enumerate(linears):
@@ -70,6 +76,23 @@ class DualEncoderAdapter(ExportAdapter):
                                        f"{name}/ff2")
         layout.append(Entry("log_scale", (f"{name}/log_scale",)))
         return layout
+
+    def mead_notes(self, model: DualEncoder) -> list[str]:
+        """mead's PairedModel (load_transformer_de_npz) computes our encodings (before the L2 normalisation,
+        which mead leaves to its loss) for pooling mead-2ha, one projection Linear of another width than
+        2 * d_model (else mead skips it), and no embedding LayerNorm (its loader does not read one)."""
+        cfg, heads = model.model.cfg, model.cfg
+        notes = mead_notes(cfg)
+        if heads.pooling != "mead-2ha":
+            notes.append(f"objective.dual_encoder.pooling={heads.pooling!r} is not mead's TwoHeadConcat: mead's "
+                         "PairedModel computes other encodings (use pooling='mead-2ha')")
+        if heads.projection_hidden:
+            notes.append(f"objective.dual_encoder.projection_hidden={list(heads.projection_hidden)}: mead's "
+                         "load_transformer_de_npz refuses stacked projections (use [])")
+        if cfg.embeddings_layer_norm:
+            notes.append("model.embeddings_layer_norm=true: mead's load_transformer_de_npz does not load the "
+                         "embedding LayerNorm")
+        return notes
 
 
 ADAPTER = DualEncoderAdapter()

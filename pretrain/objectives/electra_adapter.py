@@ -14,7 +14,7 @@ from typing import Any
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.exportable import Entry, ExportAdapter, Layout, RunModel, run_model_config
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.model.eight_mile import embeddings, encoder_stack, linear, tlm_layout
+from pretrain.model.eight_mile import embeddings, encoder_stack, linear, mead_notes, tlm_layout
 from pretrain.objectives.electra import Electra, ElectraConfig
 
 
@@ -60,6 +60,10 @@ class ElectraAdapter(ExportAdapter):
         layout += linear("discriminator_head.dense", "TLM/DiscriminatorHead/dense")
         layout += linear("discriminator_head.out", "TLM/DiscriminatorHead/out")
         return layout + generator_layout(model)
+
+
+    def mead_notes(self, model: Electra) -> list[str]:
+        return mead_notes(model.discriminator.cfg)
 
 
 ADAPTER = ElectraAdapter()

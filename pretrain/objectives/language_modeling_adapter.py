@@ -8,7 +8,7 @@ from typing import Any
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.exportable import ExportAdapter, HFModel, Layout, RunModel, objective_name, run_model_config
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.model.eight_mile import tlm_layout
+from pretrain.model.eight_mile import mead_notes, tlm_layout
 from pretrain.model.hf import hf_model
 
 
@@ -32,6 +32,9 @@ class TransformerLMAdapter(ExportAdapter):
 
     def eight_mile(self, model: TransformerLM) -> Layout:
         return tlm_layout(model.cfg)
+
+    def mead_notes(self, model: TransformerLM) -> list[str]:
+        return mead_notes(model.cfg)
 
     def hf(self, model: TransformerLM) -> HFModel:
         return hf_model(model)

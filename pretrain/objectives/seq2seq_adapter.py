@@ -14,7 +14,7 @@ from typing import Any
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.exportable import Entry, ExportAdapter, Layout, RunModel, objective_name, run_model_config
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.model.eight_mile import decoder_stack, embeddings, encoder_stack
+from pretrain.model.eight_mile import mead_notes, decoder_stack, embeddings, encoder_stack
 from pretrain.objectives.seq2seq import Seq2Seq
 
 
@@ -51,6 +51,10 @@ class Seq2SeqAdapter(ExportAdapter):
             theirs = tuple(key.replace("/SrcEmbeddings/x/", "/TgtEmbedding/y/") for key in entry.theirs)
             layout.append(Entry(f"decoder.{suffix}", theirs, entry.bias_row))
         return layout
+
+
+    def mead_notes(self, model: Seq2Seq) -> list[str]:
+        return mead_notes(model.encoder.cfg)
 
 
 ADAPTER = Seq2SeqAdapter()
