@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from data_pipeline.atomic_files import atomic_write_bytes
+from data_pipeline.bpe_hf import hf_bpe_files
 from data_pipeline.tokenizer import Tokenizer
 from export.safetensors_file import save_safetensors
 from pretrain.adapters import HFModel
@@ -18,19 +19,29 @@ def write_json(path: Path, content: object) -> None:
     atomic_write_bytes(path, json.dumps(content, indent=2).encode())
 
 
+def write_hf_tokenizer(directory: Path, tokenizer: Tokenizer, tokenizer_files: Mapping[str, bytes],
+                       max_len: int) -> None:
+    """Our tokenizer files, and what AutoTokenizer needs to give our ids from them."""
+    files = dict(tokenizer_files)
+    if tokenizer.kind == "wordpiece":
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.spec.lowercase,
+                  "model_max_length": max_len}
+        files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    else:
+        files.update(hf_bpe_files(tokenizer.spec, max_len))
+    for name, data in files.items():
+        atomic_write_bytes(directory / name, data)
+
+
 def write_hf(directory: Path, model: HFModel, tokenizer: Tokenizer, tokenizer_files: Mapping[str, bytes]) -> str:
     """Write `model` as an HF model directory; returns its architecture (config.json's `architectures`).
 
-    A WordPiece vocab also gets a tokenizer_config.json naming BertTokenizer, so AutoTokenizer loads it;
-    fastBPE files are copied as they are (HF has no fastBPE tokenizer: tokenize with this project's).
+    A WordPiece vocab also gets a tokenizer_config.json naming BertTokenizer, and fastBPE codes a
+    tokenizer.json (an HF BPE giving fastBPE's ids, data_pipeline/bpe_hf.py), so AutoTokenizer loads either
+    and gives our ids.
     """
     save_safetensors(model.tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    for name, data in tokenizer_files.items():
-        atomic_write_bytes(directory / name, data)
-    if tokenizer.kind == "wordpiece":
-        write_json(directory / "tokenizer_config.json", {"tokenizer_class": "BertTokenizer",
-                                                         "do_lower_case": tokenizer.spec.lowercase,
-                                                         "model_max_length": model.max_len})
+    write_hf_tokenizer(directory, tokenizer, tokenizer_files, model.max_len)
     token_ids = {key: getattr(tokenizer, attribute) for key, attribute in model.token_ids.items()}
     write_json(directory / "config.json", {**model.config, **token_ids})
     return ", ".join(model.config.get("architectures", []))

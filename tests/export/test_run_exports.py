@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 import torch
 from torch import nn
+from transformers import AutoTokenizer, BertForMaskedLM
 
 from data_pipeline.shards import Shard, find_shards
 from data_pipeline.tokenizer import load_tokenizer
@@ -39,7 +40,7 @@ class Run:
 
 
 RUNS = {
-    "mlm": Run(tlm.RECIPE, "tiny_mlm.yaml", False, ("model.head_transform=true", "model.output_bias=true")),
+    "mlm": Run(tlm.RECIPE, "tiny_mlm.yaml", False),
     "clm": Run(tlm.RECIPE, "tiny_clm.yaml", False),
     "dual_encoder": Run(paired.RECIPE, "tiny_dual_encoder.yaml", True, (
         "objective.dual_encoder.recall_candidates=8", "objective.dual_encoder.projection_hidden=[16]",
@@ -166,3 +167,20 @@ def test_encoder_only_exports_just_the_transformer(name, trained, sample_data, t
     whole, _ = load_encoder(run_dir / "export/model.pt")
     with torch.no_grad():
         assert torch.equal(whole.eval()(tokens), expected(tokens))
+
+
+@pytest.mark.slow
+def test_the_default_mlm_recipe_exports_to_hf_and_transformers_gives_our_logits_and_ids(trained, sample_data,
+                                                                                      tmp_path):
+    run_dir = trained("mlm")
+    assert export_main(["--checkpoint", str(run_dir / "checkpoints" / f"ckpt-{STEPS:08d}.pt"), "--format", "hf",
+                        "--out", str(tmp_path)]) == 0
+    bert = BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    reference = checkpoint_model("mlm", run_dir)
+    text = (sample_data["paired_train_text"]).read_text(encoding="utf-8").splitlines()[0]
+    ids = load_tokenizer(load_pretrained(run_dir / "export/model.pt")[1]).encode(text)[:24]
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(text, add_special_tokens=False)["input_ids"][:24] == ids
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(bert(input_ids=tokens).logits, reference.logits(reference(tokens)),
+                                   rtol=1e-4, atol=1e-4)
