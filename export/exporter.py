@@ -1,7 +1,7 @@
 """`export_model`: write a trained model in the requested formats, standalone or at the end of a run.
 
-An export directory holds model.npz (8-mile layout), model.pt (torch), hf/ (HF transformers) and the
-tokenizer files; each file is written atomically, so a reader sees the previous version or the new one.
+An export directory holds model.npz (8-mile layout), model.pt (torch), hf/ (HF transformers),
+sentence-transformers/ and the tokenizer files; each file is written atomically, so a reader sees the previous version or the new one.
 What a model exports, and how its weights map onto each format, is its adapter's business
 (pretrain/adapters.py); this module only writes files.
 """
@@ -19,13 +19,14 @@ from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
 from export.hf import write_hf
 from export.manifest import describe, write_tokenizer_files
 from export.npz import write_npz
+from export.sentence_transformers import write_sentence_transformer
 from export.torch_format import write_torch
 from pretrain.adapters import adapter_of
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("npz", "torch", "hf")
-OUTPUT_NAMES = {"npz": "model.npz", "torch": "model.pt", "hf": "hf"}
+FORMATS = ("npz", "torch", "hf", "sentence-transformers")
+OUTPUT_NAMES = {"npz": "model.npz", "torch": "model.pt", "hf": "hf", "sentence-transformers": "sentence-transformers"}
 
 
 def check_formats(model: nn.Module, formats: Sequence[str]) -> None:
@@ -37,6 +38,8 @@ def check_formats(model: nn.Module, formats: Sequence[str]) -> None:
     adapter = adapter_of(model)
     if "hf" in formats:
         adapter.hf(model)
+    if "sentence-transformers" in formats:
+        adapter.sentence_transformer(model)
 
 
 def export_model(model: nn.Module, tokenizer_spec: TokenizerSpec, out_dir: str | Path,
@@ -60,9 +63,12 @@ def export_model(model: nn.Module, tokenizer_spec: TokenizerSpec, out_dir: str |
             write_npz(path, model, manifest, tokenizer_files)
         elif fmt == "torch":
             write_torch(path, model, manifest, tokenizer_files)
-        else:
+        elif fmt == "hf":
             architecture = write_hf(path, manifest.adapter.hf(model), load_tokenizer(tokenizer_spec), tokenizer_files)
             log.info("HF export is a %s model", architecture)
+        else:
+            write_sentence_transformer(path, manifest.adapter.sentence_transformer(model),
+                                       load_tokenizer(tokenizer_spec), tokenizer_files)
         written[fmt] = path
         log.info("exported %s to %s", fmt, path)
     return written

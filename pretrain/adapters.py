@@ -16,8 +16,8 @@ from torch import nn
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
 from pretrain.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, load_module_state
-from pretrain.exportable import (Entry, ExportAdapter, HFModel, Layout, RunModel, SentenceTransformerModel,
-                                 run_model_config)
+from pretrain.exportable import (DenseLayer, Entry, ExportAdapter, HFModel, Layout, RunModel,
+                                 SentenceTransformerModel, run_model_config)
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.objectives import dual_encoder_adapter, electra_adapter, language_modeling_adapter, seq2seq_adapter
 
@@ -28,7 +28,7 @@ ADAPTERS: tuple[ExportAdapter, ...] = (
     electra_adapter.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Entry", "ExportAdapter", "HFModel", "Layout", "SentenceTransformerModel", "TransformerLM",
+__all__ = ["ADAPTERS", "DenseLayer", "Entry", "ExportAdapter", "HFModel", "Layout", "SentenceTransformerModel", "TransformerLM",
            "adapter_named", "adapter_of", "is_training_checkpoint", "load_module_state", "model_of_run",
            "run_tokenizer"]
 

@@ -48,14 +48,25 @@ class HFModel:
 
 
 @dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module: activation(x @ weight.T + bias); activation is a torch.nn class
+    path ("torch.nn.GELU", "torch.nn.Identity")."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    activation: str
+
+
+@dataclass(frozen=True)
 class SentenceTransformerModel:
-    """A sentence-transformers pipeline: an HF encoder (module 0), a pooling mode ("mean" or "cls"),
-    Dense layers as (weight [out, in], bias [out], activation: a torch.nn class path), then L2 normalisation."""
+    """A sentence-transformers pipeline: an HF encoder, a pooling mode ("mean" or "cls"), Dense layers, then
+    L2 normalisation. `query` are the Dense layers of queries (contexts); `document` those of documents
+    (responses) when they differ, which a Router then picks by task (encode_query / encode_document)."""
 
     encoder: HFModel
     pooling: str
-    dense: list[tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=list)
-    normalize: bool = True
+    query: list[DenseLayer]
+    document: list[DenseLayer] | None = None
 
 
 @dataclass(frozen=True)

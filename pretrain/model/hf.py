@@ -22,7 +22,8 @@ from pretrain.model.lm import TransformerLM
 State = Mapping[str, torch.Tensor]
 
 # (setting, value it must have): checked in order, the first mismatch is the error.
-BERT_REQUIRES = (("norm", "post"), ("embeddings_layer_norm", True), ("rpr_k", 0), ("head_transform", True))
+BERT_ENCODER_REQUIRES = (("norm", "post"), ("embeddings_layer_norm", True), ("rpr_k", 0))
+BERT_REQUIRES = (*BERT_ENCODER_REQUIRES, ("head_transform", True))
 GPT2_REQUIRES = (("norm", "pre"), ("embeddings", "learned"), ("embeddings_layer_norm", False), ("rpr_k", 0),
                  ("head_transform", False), ("output_bias", False))
 
@@ -34,12 +35,17 @@ def _mismatch(cfg: TransformerConfig, requires: tuple[tuple[str, Any], ...]) -> 
     return None
 
 
+def _bert_mismatch(cfg: TransformerConfig, requires: tuple[tuple[str, Any], ...]) -> str | None:
+    problem = _mismatch(cfg, requires)
+    if problem is None and cfg.embeddings not in ("learned", "learned-bias"):
+        problem = f"model.embeddings={cfg.embeddings!r} (needs 'learned' or 'learned-bias')"
+    return problem
+
+
 def hf_architecture(cfg: TransformerConfig) -> str:
     """"bert" or "gpt2": the HF architecture this config maps onto; UserError naming what does not map."""
     if cfg.norm == "post":
-        problem = _mismatch(cfg, BERT_REQUIRES)
-        if problem is None and cfg.embeddings not in ("learned", "learned-bias"):
-            problem = f"model.embeddings={cfg.embeddings!r} (needs 'learned' or 'learned-bias')"
+        problem = _bert_mismatch(cfg, BERT_REQUIRES)
         if problem is None:
             return "bert"
         raise UserError(f"--format hf: a post-LN model exports as BertForMaskedLM, which cannot hold {problem}; "
@@ -70,9 +76,10 @@ def _bert_state(state: State, cfg: TransformerConfig) -> dict[str, torch.Tensor]
            "bert.embeddings.position_embeddings.weight": state["encoder.embeddings.position.weight"],
            "bert.embeddings.token_type_embeddings.weight": token_types,
            "cls.predictions.bias": state["output_bias"] if cfg.output_bias else torch.zeros(cfg.vocab_size)}
-    names = {"encoder.embeddings.layer_norm": "bert.embeddings.LayerNorm",
-             "head.dense": "cls.predictions.transform.dense",
-             "head.layer_norm": "cls.predictions.transform.LayerNorm"}
+    names = {"encoder.embeddings.layer_norm": "bert.embeddings.LayerNorm"}
+    if cfg.head_transform:
+        names.update({"head.dense": "cls.predictions.transform.dense",
+                      "head.layer_norm": "cls.predictions.transform.LayerNorm"})
     for i in range(cfg.layers):
         ours, theirs = f"encoder.layers.{i}", f"bert.encoder.layer.{i}"
         names.update({f"{ours}.attn.w_O": f"{theirs}.attention.output.dense",
@@ -136,3 +143,16 @@ def hf_model(model: TransformerLM) -> HFModel:
     tensors = {name: tensor.detach().float().cpu() for name, tensor in make_state(model.state_dict(), model.cfg).items()}
     return HFModel(config=make_config(model.cfg), tensors=tensors, token_ids=TOKEN_IDS[architecture],
                    max_len=model.cfg.max_len)
+
+
+def hf_encoder(model: TransformerLM, fmt: str) -> HFModel:
+    """`model`'s encoder as an HF BertModel (no LM head): what a sentence-transformers model starts with.
+    `fmt` names the export format in the error when the encoder is not BERT-shaped."""
+    problem = _bert_mismatch(model.cfg, BERT_ENCODER_REQUIRES)
+    if problem is not None:
+        raise UserError(f"--format {fmt}: the encoder exports as an HF BertModel, which cannot hold {problem}; "
+                        "export it as npz or torch instead")
+    tensors = {name.removeprefix("bert."): tensor.detach().float().cpu()
+               for name, tensor in _bert_state(model.state_dict(), model.cfg).items() if name.startswith("bert.")}
+    config = dict(_bert_config(model.cfg), architectures=["BertModel"])
+    return HFModel(config=config, tensors=tensors, token_ids=TOKEN_IDS["bert"], max_len=model.cfg.max_len)

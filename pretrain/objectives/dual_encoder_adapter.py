@@ -14,11 +14,25 @@ from typing import Any
 from torch import nn
 
 from data_pipeline.tokenizer import Tokenizer
-from pretrain.exportable import Entry, ExportAdapter, Layout, RunModel, objective_name, run_model_config
+from data_pipeline.errors import UserError
+from pretrain.exportable import (DenseLayer, Entry, ExportAdapter, Layout, RunModel, SentenceTransformerModel,
+                                 objective_name, run_model_config)
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.model.eight_mile import linear, mead_notes, tlm_layout
+from pretrain.model.hf import hf_encoder
 from pretrain.model.pooling import MeadTwoHeadPooling, TwoHeadAttentionPooling
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig, EncodingHead
+
+
+SENTENCE_TRANSFORMERS_POOLING = {"mean": "mean", "first": "cls"}
+
+
+def dense_layers(head: EncodingHead) -> list[DenseLayer]:
+    """The projection's Linear layers, each with the activation that follows it (GELU, or none)."""
+    modules = list(head.projection)
+    return [DenseLayer(module.weight.detach(), module.bias.detach(),
+                       "torch.nn.GELU" if isinstance(after, nn.GELU) else "torch.nn.Identity")
+            for module, after in zip(modules, modules[1:] + [None]) if isinstance(module, nn.Linear)]
 
 
 def heads_config(section: Mapping[str, Any]) -> DualEncoderConfig:
@@ -76,6 +90,18 @@ class DualEncoderAdapter(ExportAdapter):
                                        f"{name}/ff2")
         layout.append(Entry("log_scale", (f"{name}/log_scale",)))
         return layout
+
+    def sentence_transformer(self, model: DualEncoder) -> SentenceTransformerModel:
+        """Contexts are sentence-transformers' queries and responses its documents."""
+        pooling = model.cfg.pooling
+        if pooling not in SENTENCE_TRANSFORMERS_POOLING:
+            raise UserError(f"--format sentence-transformers cannot hold objective.dual_encoder.pooling={pooling!r} "
+                            "(it pools by mean or first token): train with pooling 'mean' or 'first', or export "
+                            "npz or torch")
+        document = None if model.cfg.shared_head else dense_layers(model.response_head)
+        return SentenceTransformerModel(hf_encoder(model.model, "sentence-transformers"),
+                                        SENTENCE_TRANSFORMERS_POOLING[pooling], dense_layers(model.context_head),
+                                        document)
 
     def mead_notes(self, model: DualEncoder) -> list[str]:
         """mead's PairedModel (load_transformer_de_npz) computes our encodings (before the L2 normalisation,
