@@ -3,6 +3,9 @@
 checkpoint holds (rebuilt the way its trainer builds it): bit-identical outputs."""
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -184,3 +187,23 @@ def test_the_default_mlm_recipe_exports_to_hf_and_transformers_gives_our_logits_
     with torch.no_grad():
         torch.testing.assert_close(bert(input_ids=tokens).logits, reference.logits(reference(tokens)),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_retrieval_example_scores_a_dual_encoder_export_as_the_checkpoint_does(trained, sample_data):
+    run_dir = trained("dual_encoder")
+    pairs = sample_data["vocab"].parents[1] / "corpus" / "paired_valid.tsv"
+    result = subprocess.run([sys.executable, str(REPO / "examples/evaluate_retrieval.py"), "--pretrained",
+                             str(run_dir / "export/model.npz"), "--pairs", str(pairs), "--candidates", "8",
+                             "--max-len", "24"], capture_output=True, text=True, check=True)
+    spec = importlib.util.spec_from_file_location("evaluate_retrieval", REPO / "examples/evaluate_retrieval.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    reference = checkpoint_model("dual_encoder", run_dir)
+    tokenizer = load_tokenizer(load_pretrained(run_dir / "export/model.pt")[1])
+    lines = [line.split("\t", 1) for line in pairs.read_text(encoding="utf-8").splitlines()]
+    with torch.no_grad():
+        contexts = reference.encode_context(example.padded(tokenizer, [c for c, _ in lines], 24))
+        responses = reference.encode_response(example.padded(tokenizer, [r for _, r in lines], 24))
+    hits, rows = recall_at_1(contexts, responses, 8)
+    assert result.stdout == f"recall@1 among 8: {hits.item() / rows:.4f}\n"
