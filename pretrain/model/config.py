@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from data_pipeline.errors import UserError
 
-NORMS = ("post", "pre")
+NORMS = ("post", "pre", "mead-pre")
 EMBEDDINGS = ("learned", "learned-bias", "sinusoidal", "none")
 NORM_LAYERS = ("layernorm", "rmsnorm")
 FFNS = ("gelu", "geglu", "swiglu")
@@ -15,7 +15,9 @@ FFNS = ("gelu", "geglu", "swiglu")
 class TransformerConfig:
     """Shape and variant of a Transformer LM.
 
-    norm: "post" (BERT: x = LN(x + sublayer(x))) or "pre" (GPT-2: x = x + sublayer(LN(x)), plus a final LN).
+    norm: "post" (BERT: x = LN(x + sublayer(x))), "pre" (GPT-2: x = x + sublayer(LN(x)), plus a final LN) or
+    "mead-pre" (mead-layers' pre-LN block: x = LN(x); x = x + sublayer(x), plus a final LN), which mead's
+    own models compute from an NPZ export.
     embeddings: "learned" (E[x] + P[t]), "learned-bias" (E[x] + P[t] + b: BERT's token-type row 0 as one
     bias), "sinusoidal" (sqrt(d_model) * E[x] + fixed sinusoids, as 8-mile does) or "none" (no absolute
     positions: needs relative attention, rpr_k > 0).

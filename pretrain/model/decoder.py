@@ -21,7 +21,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
+        self.norm_placement = cfg.norm
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values,
                                             bias=cfg.bias)
         self.self_attn_norm = make_norm(cfg)
@@ -35,10 +35,10 @@ class DecoderBlock(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # Right padding needs no self-attention mask: under the causal mask a real target never sees a pad.
         x = residual(x, lambda h: self.self_attn(h, causal=True, rope=rope), self.self_attn_norm, self.dropout,
-                     self.pre_norm)
+                     self.norm_placement)
         x = residual(x, lambda h: self.cross_attn(h, memory_mask, memory=memory), self.cross_attn_norm,
-                     self.dropout, self.pre_norm)
-        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+                     self.dropout, self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
 class TransformerDecoder(nn.Module):
@@ -50,7 +50,7 @@ class TransformerDecoder(nn.Module):
         self.cfg = cfg
         self.embeddings = embeddings  # the encoder's module: one vocabulary table for both sides
         self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.layers))
-        self.final_norm = make_norm(cfg) if cfg.norm == "pre" else None
+        self.final_norm = make_norm(cfg) if cfg.norm != "post" else None
         # Only the decoder's own modules: the shared embeddings were initialised by their owner.
         self.layers.apply(init_bert_weights)
 

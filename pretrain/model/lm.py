@@ -28,8 +28,8 @@ class TransformerEncoder(nn.Module):
         self.max_len = cfg.max_len if cfg.embeddings != "none" else None
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(TransformerBlock(cfg, index) for index in range(cfg.layers))
-        # Pre-LN leaves the residual stream un-normalised; post-LN already ends on a LayerNorm.
-        self.final_norm = make_norm(cfg) if cfg.norm == "pre" else None
+        # Pre-LN (either) leaves the residual stream un-normalised; post-LN already ends on a LayerNorm.
+        self.final_norm = make_norm(cfg) if cfg.norm != "post" else None
         self.apply(init_bert_weights)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,

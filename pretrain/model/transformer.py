@@ -40,10 +40,15 @@ def make_feed_forward(cfg: TransformerConfig) -> FeedForward:
 
 
 def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module,
-             dropout: nn.Dropout, pre_norm: bool) -> torch.Tensor:
-    """One residual sublayer: pre-LN x + drop(f(LN(x))) (GPT-2) or post-LN LN(x + drop(f(x))) (BERT)."""
-    if pre_norm:
+             dropout: nn.Dropout, placement: str) -> torch.Tensor:
+    """One residual sublayer, by `placement` (model.norm): "pre" x + drop(f(LN(x))) (GPT-2), "post"
+    LN(x + drop(f(x))) (BERT), or "mead-pre" LN(x) + drop(f(LN(x))): mead-layers' pre-LN block, whose
+    residual stream is the normalised input."""
+    if placement == "pre":
         return x + dropout(sublayer(norm(x)))
+    if placement == "mead-pre":
+        x = norm(x)
+        return x + dropout(sublayer(x))
     return norm(x + dropout(sublayer(x)))
 
 
@@ -58,7 +63,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: TransformerConfig, index: int = 0) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
+        self.norm_placement = cfg.norm
         self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values,
                                        bias=cfg.bias)
         self.attn_norm = make_norm(cfg) if index or cfg.first_attn_norm else nn.Identity()
@@ -71,8 +76,8 @@ class TransformerBlock(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """mask and rope: see MultiHeadAttention.forward (a given mask replaces padding_mask and causal)."""
         x = residual(x, lambda h: self.attn(h, padding_mask, causal, mask=mask, rope=rope),
-                     self.attn_norm, self.dropout, self.pre_norm)
-        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+                     self.attn_norm, self.dropout, self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
 def init_bert_weights(module: nn.Module) -> None:

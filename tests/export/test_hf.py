@@ -6,6 +6,8 @@ import torch
 from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel
 
 from data_pipeline.errors import UserError
+from data_pipeline.sample_corpus import build_sample_corpus, stdlib_dir
+from data_pipeline.vocab_learning import learn_vocab
 from data_pipeline.tokenizer import load_tokenizer
 from export import check_formats, export_model
 from tests.export.helpers import random_model, token_batch
@@ -65,3 +67,28 @@ def test_a_model_hf_cannot_hold_is_refused_naming_the_setting(variant, setting, 
     with pytest.raises(UserError, match=f"cannot hold {setting}"):
         export_model(model, vocab_spec, tmp_path, ["npz", "hf"])
     assert not (tmp_path / "model.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def bpe_sample(tmp_path_factory):
+    """fastBPE codes and vocab learned on a sample corpus (one stdlib package), and its text files."""
+    root = tmp_path_factory.mktemp("bpe")
+    corpus = build_sample_corpus(root / "corpus", stdlib_dir() / "email")
+    return learn_vocab("bpe", [corpus.train], root / "vocab", 1000), (corpus.train, corpus.valid)
+
+
+def test_bpe_causal_lm_export_carries_a_tokenizer_json_giving_fastbpes_ids(bpe_sample, tmp_path):
+    spec, texts = bpe_sample
+    ours = load_tokenizer(spec)
+    model = random_model(**GPT2, vocab_size=ours.vocab_size)
+    directory = export_model(model, spec, tmp_path, ["hf"])["hf"]
+    assert (directory / "tokenizer.json").is_file()
+    hf = AutoTokenizer.from_pretrained(directory)
+    lines = [line for path in texts for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) > 600
+    assert [hf(line)["input_ids"] for line in lines] == [ours.encode(line) for line in lines]  # no [CLS]/[SEP]
+    gpt2 = load_hf(GPT2LMHeadModel, directory)
+    tokens = torch.tensor([ours.encode(lines[0])[:20]])
+    with torch.no_grad():
+        torch.testing.assert_close(gpt2(input_ids=tokens).logits, model.logits(model(tokens, causal=True)),
+                                   rtol=1e-4, atol=1e-4)
