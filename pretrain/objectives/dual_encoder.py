@@ -30,6 +30,7 @@ from data_pipeline.errors import UserError
 from pretrain.config import require
 from pretrain.model.flops import flops_per_token
 from pretrain.model.lm import TransformerLM
+from pretrain.model.packing import pack_sequences, pool_packed
 from pretrain.model.pooling import build_pooling, pooled_width
 
 
@@ -45,6 +46,7 @@ class DualEncoderConfig:
     temperature: float = 0.1                 # initial; learned as log(1 / temperature)
     max_scale: float = 100.0                 # cap on 1 / temperature (CLIP's), against runaway logits
     recall_candidates: int = 100             # validation: recall@1 among this many responses
+    packed: bool = False                     # pack several sequences per row (document masks, no padding)
 
     def __post_init__(self) -> None:
         require(self.embed_dim >= 1 and all(width >= 1 for width in self.projection_hidden),
@@ -54,6 +56,9 @@ class DualEncoderConfig:
                 f"temperature={self.temperature} must be > 0 and >= 1 / max_scale={self.max_scale}")
         require(self.recall_candidates >= 2, f"recall_candidates={self.recall_candidates} must be >= 2")
         require(self.reduction_d_k >= 1, f"reduction_d_k={self.reduction_d_k} must be >= 1")
+        require(not self.packed or self.pooling in ("mean", "first"),
+                f"packed=true pools each sequence from its own tokens: pooling must be mean or first, got "
+                f"{self.pooling!r}")
 
 
 class EncodingHead(nn.Module):
@@ -75,7 +80,11 @@ class EncodingHead(nn.Module):
         # input-dependent part within a few steps, and every input collapses onto one encoding.
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.pooling(hidden, padding_mask)).float(), dim=-1)
+        return self.project(self.pooling(hidden, padding_mask))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled states [B, D] -> L2-normalised encodings."""
+        return F.normalize(self.projection(pooled).float(), dim=-1)
 
 
 def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -109,6 +118,9 @@ class DualEncoder(nn.Module):
         if model.cfg.head_transform or model.cfg.output_bias:
             raise UserError("model.head_transform and model.output_bias belong to a language-model head, which "
                             "the dual encoder does not train: set both to false")
+        if cfg.packed and not (model.cfg.rope and model.cfg.embeddings == "none"):
+            raise UserError("objective.dual_encoder.packed=true needs positions that restart at each packed "
+                            "sequence: set model.rope=true and model.embeddings=none")
         self.cfg = cfg
         self.model = model
         self.pad_id = pad_id
@@ -120,6 +132,10 @@ class DualEncoder(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
     def encode(self, tokens: torch.Tensor, head: EncodingHead) -> torch.Tensor:
+        if self.cfg.packed:
+            packed = pack_sequences(tokens, self.pad_id)
+            hidden = self.model(packed.tokens, padding_mask=packed.padding_mask, documents=packed.documents)
+            return head.project(pool_packed(hidden, packed, self.cfg.pooling))
         padding_mask = tokens != self.pad_id
         return head(self.model(tokens, padding_mask=padding_mask), padding_mask)
 

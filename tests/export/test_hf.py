@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel
+from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel, LlamaForCausalLM, ModernBertForMaskedLM
 
 from data_pipeline.errors import UserError
 from data_pipeline.sample_corpus import build_sample_corpus, stdlib_dir
@@ -92,3 +92,49 @@ def test_bpe_causal_lm_export_carries_a_tokenizer_json_giving_fastbpes_ids(bpe_s
     with torch.no_grad():
         torch.testing.assert_close(gpt2(input_ids=tokens).logits, model.logits(model(tokens, causal=True)),
                                    rtol=1e-4, atol=1e-4)
+
+
+# -- ModernBERT and Llama ------------------------------------------------------------------------------------
+
+MODERNBERT = dict(embeddings="none", rope=True, rope_theta=160000.0, rope_local_theta=10000.0, ffn="geglu",
+                  bias=False, norm="pre", first_attn_norm=False, global_every=3, local_window=4,
+                  head_transform=True, layers=4, layer_norm_eps=1e-5)
+LLAMA = dict(embeddings="none", embeddings_layer_norm=False, rope=True, rope_theta=500.0, ffn="swiglu",
+             bias=False, norm="pre", norm_layer="rmsnorm", layer_norm_eps=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(MODERNBERT), dict(MODERNBERT, output_bias=True, bias=True, document_mask=True)],
+                         ids=["modernbert", "with-biases"])
+def test_modernbert_export_gives_our_mlm_logits_in_transformers(variant, vocab_spec, tmp_path):
+    model = random_model(**variant)
+    hf = load_hf(ModernBertForMaskedLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch(length=16)
+    padding = torch.ones_like(tokens, dtype=torch.bool)
+    padding[0, 9:] = False
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens, attention_mask=padding.long()).logits
+        ours = model.logits(model(tokens, padding_mask=padding))
+    torch.testing.assert_close(theirs[padding], ours[padding], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [dict(LLAMA), dict(LLAMA, bias=True, document_mask=True)],
+                         ids=["llama", "with-biases"])
+def test_llama_export_gives_our_causal_logits_in_transformers(variant, vocab_spec, tmp_path):
+    model = random_model(**variant)
+    hf = load_hf(LlamaForCausalLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch(length=16)
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens).logits
+        ours = model.logits(model(tokens, causal=True))
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant, setting", [
+    (dict(MODERNBERT, ffn="swiglu"), "model.ffn='swiglu'"),
+    (dict(MODERNBERT, first_attn_norm=True), "model.first_attn_norm=True"),
+    (dict(LLAMA, global_every=2), "model.global_every=2"),
+    (dict(LLAMA, head_transform=True), "model.head_transform=True"),
+], ids=str)
+def test_a_modern_model_hf_cannot_hold_is_refused_naming_the_setting(variant, setting, vocab_spec, tmp_path):
+    with pytest.raises(UserError, match=f"cannot hold {setting}"):
+        check_formats(random_model(**variant), ["torch", "hf"])

@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from data_pipeline.sample_corpus import prepare_sample_data
+from data_pipeline.tokenizer import load_tokenizer
+from export import load_pretrained
 from pretrain.checkpoint import checkpoint_path, list_checkpoints
 from pretrain.run import run_recipe
 from pretrain.tlm import RECIPE
@@ -126,6 +129,19 @@ def test_validation_accuracy_is_far_below_what_a_label_leak_gives(trained):
     # labels not shifted) reaches 0.60 (MLM) and 0.73 (CLM).
     result, _ = trained
     assert result.valid["accuracy"] < 0.2
+
+
+@pytest.mark.parametrize("trained,auto_class", [("modernbert", "AutoModelForMaskedLM"),
+                                               ("llama", "AutoModelForCausalLM")], indirect=["trained"])
+def test_modern_presets_export_hf_models_that_give_the_trained_logits(trained, auto_class):
+    _, run_dir = trained
+    ours, spec = load_pretrained(run_dir / "export" / "model.pt")
+    hf = getattr(transformers, auto_class).from_pretrained(run_dir / "export" / "hf").eval()
+    tokens = torch.tensor([load_tokenizer(spec).encode("Return the number of items in a container.")])
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens).logits
+        mine = ours.eval().logits(ours(tokens, causal=auto_class.endswith("CausalLM")))
+    torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
 
 
 # -- tokenizers and input formats -------------------------------------------------------------------------
