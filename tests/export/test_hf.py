@@ -13,7 +13,19 @@ from export import check_formats, export_model
 from tests.export.helpers import random_model, token_batch
 
 BERT = dict(head_transform=True)
-GPT2 = dict(norm="pre", embeddings_layer_norm=False)
+GPT2 = dict(norm="pre", embeddings_layer_norm=False, d_ff=48)
+MODERNBERT = dict(embeddings="none", rope=True, rope_theta=160000.0, rope_local_theta=10000.0, ffn="geglu",
+                  bias=False, norm="pre", first_attn_norm=False, global_every=3, local_window=4,
+                  head_transform=True, layers=4, layer_norm_eps=1e-5)
+LLAMA = dict(embeddings="none", embeddings_layer_norm=False, rope=True, rope_theta=500.0, ffn="swiglu",
+             bias=False, norm="pre", norm_layer="rmsnorm", layer_norm_eps=1e-5)
+MASKED_LMS = {"bert": (BertForMaskedLM, dict(BERT)),
+              "bert-biased": (BertForMaskedLM, dict(BERT, output_bias=True, embeddings="learned-bias")),
+              "modernbert": (ModernBertForMaskedLM, dict(MODERNBERT)),
+              "modernbert-biased": (ModernBertForMaskedLM, dict(MODERNBERT, output_bias=True, bias=True,
+                                                                document_mask=True))}
+CAUSAL_LMS = {"gpt2": (GPT2LMHeadModel, dict(GPT2)), "llama": (LlamaForCausalLM, dict(LLAMA)),
+              "llama-biased": (LlamaForCausalLM, dict(LLAMA, bias=True, document_mask=True))}
 
 
 def load_hf(model_class, directory):
@@ -22,11 +34,12 @@ def load_hf(model_class, directory):
     return hf.eval()
 
 
-@pytest.mark.parametrize("variant", [dict(BERT), dict(BERT, output_bias=True, embeddings="learned-bias")], ids=str)
-def test_bert_export_gives_our_mlm_logits_in_transformers(variant, vocab_spec, tmp_path):
+@pytest.mark.parametrize("architecture", MASKED_LMS)
+def test_masked_lm_export_gives_our_logits_in_transformers(architecture, vocab_spec, tmp_path):
+    model_class, variant = MASKED_LMS[architecture]
     model = random_model(**variant)
-    hf = load_hf(BertForMaskedLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
-    tokens = token_batch()
+    hf = load_hf(model_class, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch(length=16)
     padding = torch.ones_like(tokens, dtype=torch.bool)
     padding[0, 8:] = False
     with torch.no_grad():
@@ -35,10 +48,12 @@ def test_bert_export_gives_our_mlm_logits_in_transformers(variant, vocab_spec, t
     torch.testing.assert_close(theirs[padding], ours[padding], rtol=1e-4, atol=1e-4)
 
 
-def test_gpt2_export_gives_our_causal_logits_in_transformers(vocab_spec, tmp_path):
-    model = random_model(**GPT2, d_ff=48)
-    hf = load_hf(GPT2LMHeadModel, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
-    tokens = token_batch()
+@pytest.mark.parametrize("architecture", CAUSAL_LMS)
+def test_causal_lm_export_gives_our_logits_in_transformers(architecture, vocab_spec, tmp_path):
+    model_class, variant = CAUSAL_LMS[architecture]
+    model = random_model(**variant)
+    hf = load_hf(model_class, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
+    tokens = token_batch(length=16)
     with torch.no_grad():
         theirs = hf(input_ids=tokens).logits
         ours = model.logits(model(tokens, causal=True))
@@ -95,39 +110,6 @@ def test_bpe_causal_lm_export_carries_a_tokenizer_json_giving_fastbpes_ids(bpe_s
 
 
 # -- ModernBERT and Llama ------------------------------------------------------------------------------------
-
-MODERNBERT = dict(embeddings="none", rope=True, rope_theta=160000.0, rope_local_theta=10000.0, ffn="geglu",
-                  bias=False, norm="pre", first_attn_norm=False, global_every=3, local_window=4,
-                  head_transform=True, layers=4, layer_norm_eps=1e-5)
-LLAMA = dict(embeddings="none", embeddings_layer_norm=False, rope=True, rope_theta=500.0, ffn="swiglu",
-             bias=False, norm="pre", norm_layer="rmsnorm", layer_norm_eps=1e-5)
-
-
-@pytest.mark.parametrize("variant", [dict(MODERNBERT), dict(MODERNBERT, output_bias=True, bias=True, document_mask=True)],
-                         ids=["modernbert", "with-biases"])
-def test_modernbert_export_gives_our_mlm_logits_in_transformers(variant, vocab_spec, tmp_path):
-    model = random_model(**variant)
-    hf = load_hf(ModernBertForMaskedLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
-    tokens = token_batch(length=16)
-    padding = torch.ones_like(tokens, dtype=torch.bool)
-    padding[0, 9:] = False
-    with torch.no_grad():
-        theirs = hf(input_ids=tokens, attention_mask=padding.long()).logits
-        ours = model.logits(model(tokens, padding_mask=padding))
-    torch.testing.assert_close(theirs[padding], ours[padding], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", [dict(LLAMA), dict(LLAMA, bias=True, document_mask=True)],
-                         ids=["llama", "with-biases"])
-def test_llama_export_gives_our_causal_logits_in_transformers(variant, vocab_spec, tmp_path):
-    model = random_model(**variant)
-    hf = load_hf(LlamaForCausalLM, export_model(model, vocab_spec, tmp_path, ["hf"])["hf"])
-    tokens = token_batch(length=16)
-    with torch.no_grad():
-        theirs = hf(input_ids=tokens).logits
-        ours = model.logits(model(tokens, causal=True))
-    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
-
 
 @pytest.mark.parametrize("variant, setting", [
     (dict(MODERNBERT, ffn="swiglu"), "model.ffn='swiglu'"),
