@@ -12,13 +12,10 @@ from pathlib import Path
 import torch
 
 from data_pipeline.errors import UserError, run_cli
-from data_pipeline.tokenizer import TokenizerSpec
+from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
 from export.exporter import FORMATS, export_model
-from export.loading import load_pretrained
-from export.training_checkpoint import (
-    is_training_checkpoint,
-    model_from_training_checkpoint,
-)
+from export.loading import read_model, resolve_tokenizer
+from pretrain.adapters import adapter_of, is_training_checkpoint, model_of_run, run_tokenizer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -30,13 +27,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--vocab", help="tokenizer vocab, if not the one the checkpoint's config names")
     parser.add_argument("--codes", help="fastBPE codes (with --vocab of a BPE tokenizer)")
     parser.add_argument("--cased", action="store_true", help="with --vocab: a cased WordPiece vocab")
-    parser.add_argument("--model-prefix", help="where the model sits in the objective's state dict, when "
-                                               "a training checkpoint holds several")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="export only the Transformer encoder (of a dual encoder, encoder-decoder, ELECTRA...)")
+    parser.add_argument("--model-prefix", help="with a training checkpoint: export the Transformer under this "
+                                               "prefix of the objective's state dict (implies --encoder-only)")
     return parser.parse_args(argv)
 
 
-def read_model(path: Path, tokenizer: TokenizerSpec | None, prefix: str | None) -> tuple[torch.nn.Module, TokenizerSpec]:
-    """The model and tokenizer in a training checkpoint or an export."""
+def read_source(path: Path, tokenizer: TokenizerSpec | None, encoder_only: bool,
+                prefix: str | None) -> tuple[torch.nn.Module, TokenizerSpec]:
+    """The model (whole, or its encoder) and tokenizer in a training checkpoint or an export."""
     if path.is_file() and path.suffix == ".pt":
         try:  # mmap: peeking at a multi-GB checkpoint must not read it all
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -44,9 +44,12 @@ def read_model(path: Path, tokenizer: TokenizerSpec | None, prefix: str | None) 
             raise UserError(f"{path}: not a readable torch file ({type(err).__name__}); pass a training "
                             "checkpoint or an export") from None
         if is_training_checkpoint(state):
-            return model_from_training_checkpoint(state, path, tokenizer, prefix)
-    model, spec = load_pretrained(path)
-    return model, tokenizer if tokenizer is not None else spec
+            spec = tokenizer if tokenizer is not None else run_tokenizer(state, path)
+            return model_of_run(state, path, load_tokenizer(spec), encoder_only, prefix), spec
+    model, manifest, files, path = read_model(path)
+    if encoder_only:
+        model = adapter_of(model).encoder(model)
+    return model, tokenizer if tokenizer is not None else resolve_tokenizer(manifest, files, path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vocab:
         tokenizer = TokenizerSpec(kind="bpe" if args.codes else "wordpiece", vocab=args.vocab, codes=args.codes,
                                   lowercase=not args.cased)
-    model, spec = read_model(args.checkpoint, tokenizer, args.model_prefix)
+    model, spec = read_source(args.checkpoint, tokenizer, args.encoder_only, args.model_prefix)
     for fmt, path in export_model(model, spec, args.out, args.formats).items():
         print(f"{fmt}: {path}")
     return 0

@@ -1,7 +1,9 @@
 """`export_model`: write a trained model in the requested formats, standalone or at the end of a run.
 
-An export directory holds model.npz (8-mile layout), model.pt (torch), hf/ (HF transformers) and the
-tokenizer files; each file is written atomically, so a reader sees the previous version or the new one.
+An export directory holds model.npz (8-mile layout), model.pt (torch), hf/ (HF transformers),
+sentence-transformers/ and the tokenizer files; each file is written atomically, so a reader sees the previous version or the new one.
+What a model exports, and how its weights map onto each format, is its adapter's business
+(pretrain/adapters.py); this module only writes files.
 """
 from __future__ import annotations
 
@@ -14,35 +16,38 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
-from export.hf import hf_architecture, write_hf
+from export.hf import write_hf
 from export.manifest import describe, write_tokenizer_files
 from export.npz import write_npz
+from export.sentence_transformers import write_sentence_transformer
 from export.torch_format import write_torch
-from pretrain.model import TransformerLM
+from pretrain.adapters import adapter_of
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("npz", "torch", "hf")
-OUTPUT_NAMES = {"npz": "model.npz", "torch": "model.pt", "hf": "hf"}
+FORMATS = ("npz", "torch", "hf", "sentence-transformers")
+OUTPUT_NAMES = {"npz": "model.npz", "torch": "model.pt", "hf": "hf", "sentence-transformers": "sentence-transformers"}
 
 
 def check_formats(model: nn.Module, formats: Sequence[str]) -> None:
     """Raise the UserError `export_model` would raise for these formats, without writing anything: call it
-    before training so that a model HF cannot hold fails at start-up rather than after the run."""
+    before training so that a model a format cannot hold fails at start-up rather than after the run."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"unknown export format {unknown[0]!r}: use one or more of {', '.join(FORMATS)}")
+    adapter = adapter_of(model)
+    if "npz" in formats:
+        adapter.eight_mile(model)
     if "hf" in formats:
-        if not isinstance(model, TransformerLM):
-            raise UserError(f"--format hf holds language models (TransformerLM), not a {type(model).__name__}: "
-                            "export it as npz or torch")
-        hf_architecture(model.cfg)
+        adapter.hf(model)
+    if "sentence-transformers" in formats:
+        adapter.sentence_transformer(model)
 
 
 def export_model(model: nn.Module, tokenizer_spec: TokenizerSpec, out_dir: str | Path,
                  formats: Sequence[str] = ("npz", "torch")) -> dict[str, Path]:
-    """Write `model` (a TransformerLM, or a whole DualEncoder or Seq2Seq objective for npz and torch)
-    with its tokenizer into `out_dir` in each of `formats`.
+    """Write `model` (any model an adapter declares: a TransformerLM, a DualEncoder, a Seq2Seq...) with its
+    tokenizer into `out_dir` in each of `formats`.
 
     Returns {format: path written}. Under torch.distributed only rank 0 writes (others return {}), so the
     end-of-run hook can call it on every rank.
@@ -60,9 +65,12 @@ def export_model(model: nn.Module, tokenizer_spec: TokenizerSpec, out_dir: str |
             write_npz(path, model, manifest, tokenizer_files)
         elif fmt == "torch":
             write_torch(path, model, manifest, tokenizer_files)
-        else:
-            architecture = write_hf(path, model, load_tokenizer(tokenizer_spec), tokenizer_files)
+        elif fmt == "hf":
+            architecture = write_hf(path, manifest.adapter.hf(model), load_tokenizer(tokenizer_spec), tokenizer_files)
             log.info("HF export is a %s model", architecture)
+        else:
+            write_sentence_transformer(path, manifest.adapter.sentence_transformer(model),
+                                       load_tokenizer(tokenizer_spec), tokenizer_files)
         written[fmt] = path
         log.info("exported %s to %s", fmt, path)
     return written

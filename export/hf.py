@@ -1,152 +1,49 @@
-"""HF transformers directories: BertForMaskedLM for BERT-flavoured models, GPT2LMHeadModel for GPT-flavoured
-causal LMs, written as config.json + model.safetensors (+ the tokenizer files) without importing transformers.
-
-A model maps onto BERT when it is post-LN with learned positions (plain or "learned-bias"), an embedding
-LayerNorm, no relative attention and the MLM head transform; onto GPT-2 when it is pre-LN with plain
-learned positions, no embedding LayerNorm, no relative attention, no head transform and no output bias.
-Anything else is refused with the setting that does not map. Tied weights (BERT's decoder, GPT-2's
-lm_head) are stored once, as HF itself saves them.
+"""HF transformers directories: config.json + model.safetensors (+ the tokenizer files), written without
+importing transformers. The model's adapter says which HF architecture it is and maps its weights (see
+pretrain/model/hf.py); this module writes the files.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from data_pipeline.errors import UserError
-from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.atomic_files import atomic_write_bytes
+from data_pipeline.hf_tokenizer import hf_tokenizer_files
+from data_pipeline.tokenizer import Tokenizer
 from export.safetensors_file import save_safetensors
-from pretrain.model import TransformerConfig, TransformerLM
-
-State = Mapping[str, torch.Tensor]
-
-# (setting, value it must have): checked in order, the first mismatch is the error.
-BERT_REQUIRES = (("norm", "post"), ("embeddings_layer_norm", True), ("rpr_k", 0), ("head_transform", True))
-GPT2_REQUIRES = (("norm", "pre"), ("embeddings", "learned"), ("embeddings_layer_norm", False), ("rpr_k", 0),
-                 ("head_transform", False), ("output_bias", False))
+from pretrain.adapters import HFModel
 
 
-def _mismatch(cfg: TransformerConfig, requires: tuple[tuple[str, Any], ...]) -> str | None:
-    for name, value in requires:
-        if getattr(cfg, name) != value:
-            return f"model.{name}={getattr(cfg, name)!r} (needs {value!r})"
-    return None
+def write_json(path: Path, content: object) -> None:
+    atomic_write_bytes(path, json.dumps(content, indent=2).encode())
 
 
-def hf_architecture(cfg: TransformerConfig) -> str:
-    """"bert" or "gpt2": the HF architecture this config maps onto; UserError naming what does not map."""
-    if cfg.norm == "post":
-        problem = _mismatch(cfg, BERT_REQUIRES)
-        if problem is None and cfg.embeddings not in ("learned", "learned-bias"):
-            problem = f"model.embeddings={cfg.embeddings!r} (needs 'learned' or 'learned-bias')"
-        if problem is None:
-            return "bert"
-        raise UserError(f"--format hf: a post-LN model exports as BertForMaskedLM, which cannot hold {problem}; "
-                        "export it as npz or torch instead")
-    problem = _mismatch(cfg, GPT2_REQUIRES)
-    if problem is None:
-        return "gpt2"
-    raise UserError(f"--format hf: a pre-LN model exports as GPT2LMHeadModel, which cannot hold {problem}; "
-                    "export it as npz or torch instead")
-
-
-def _bert_config(cfg: TransformerConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    return {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.d_model, "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.num_heads,
-            "intermediate_size": cfg.d_ff, "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout,
-            "attention_probs_dropout_prob": cfg.dropout, "max_position_embeddings": cfg.max_len,
-            "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": cfg.layer_norm_eps,
-            "pad_token_id": tokenizer.pad_id, "position_embedding_type": "absolute",
-            "tie_word_embeddings": True, "dtype": "float32"}
-
-
-def _bert_state(state: State, cfg: TransformerConfig) -> dict[str, torch.Tensor]:
-    word = state["encoder.embeddings.word.weight"]
-    token_types = torch.zeros(2, cfg.d_model)
-    if cfg.embeddings == "learned-bias":  # BERT with every token type 0 adds row 0: our bias
-        token_types[0] = state["encoder.embeddings.bias"]
-    out = {"bert.embeddings.word_embeddings.weight": word,
-           "bert.embeddings.position_embeddings.weight": state["encoder.embeddings.position.weight"],
-           "bert.embeddings.token_type_embeddings.weight": token_types,
-           "cls.predictions.bias": state["output_bias"] if cfg.output_bias else torch.zeros(cfg.vocab_size)}
-    names = {"encoder.embeddings.layer_norm": "bert.embeddings.LayerNorm",
-             "head.dense": "cls.predictions.transform.dense",
-             "head.layer_norm": "cls.predictions.transform.LayerNorm"}
-    for i in range(cfg.layers):
-        ours, theirs = f"encoder.layers.{i}", f"bert.encoder.layer.{i}"
-        names.update({f"{ours}.attn.w_O": f"{theirs}.attention.output.dense",
-                      f"{ours}.attn_norm": f"{theirs}.attention.output.LayerNorm",
-                      f"{ours}.ffn.expansion": f"{theirs}.intermediate.dense",
-                      f"{ours}.ffn.squeeze": f"{theirs}.output.dense",
-                      f"{ours}.ffn_norm": f"{theirs}.output.LayerNorm"})
-        for part in ("weight", "bias"):
-            query, key, value = state[f"{ours}.attn.w_QKV.{part}"].chunk(3)
-            out.update({f"{theirs}.attention.self.query.{part}": query,
-                        f"{theirs}.attention.self.key.{part}": key,
-                        f"{theirs}.attention.self.value.{part}": value})
-    for ours, theirs in names.items():
-        for part in ("weight", "bias"):
-            out[f"{theirs}.{part}"] = state[f"{ours}.{part}"]
-    return out
-
-
-def _gpt2_config(cfg: TransformerConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    # GPT-2 separates documents with one token: ours is the separator preprocessing appends to each.
-    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-            "n_positions": cfg.max_len, "n_embd": cfg.d_model, "n_layer": cfg.layers, "n_head": cfg.num_heads,
-            "n_inner": cfg.d_ff, "activation_function": "gelu", "resid_pdrop": cfg.dropout,
-            "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "layer_norm_epsilon": cfg.layer_norm_eps,
-            "initializer_range": 0.02, "scale_attn_weights": True, "bos_token_id": tokenizer.sep_id,
-            "eos_token_id": tokenizer.sep_id, "pad_token_id": tokenizer.pad_id, "tie_word_embeddings": True,
-            "dtype": "float32"}
-
-
-def _gpt2_state(state: State, cfg: TransformerConfig) -> dict[str, torch.Tensor]:
-    """GPT-2's Conv1D stores Linear weights as [in, out]: ours transposed."""
-    out = {"transformer.wte.weight": state["encoder.embeddings.word.weight"],
-           "transformer.wpe.weight": state["encoder.embeddings.position.weight"],
-           "transformer.ln_f.weight": state["encoder.final_norm.weight"],
-           "transformer.ln_f.bias": state["encoder.final_norm.bias"]}
-    for i in range(cfg.layers):
-        ours, theirs = f"encoder.layers.{i}", f"transformer.h.{i}"
-        for our_name, their_name, transpose in ((f"{ours}.attn_norm", f"{theirs}.ln_1", False),
-                                                (f"{ours}.ffn_norm", f"{theirs}.ln_2", False),
-                                                (f"{ours}.attn.w_QKV", f"{theirs}.attn.c_attn", True),
-                                                (f"{ours}.attn.w_O", f"{theirs}.attn.c_proj", True),
-                                                (f"{ours}.ffn.expansion", f"{theirs}.mlp.c_fc", True),
-                                                (f"{ours}.ffn.squeeze", f"{theirs}.mlp.c_proj", True)):
-            weight = state[f"{our_name}.weight"]
-            out[f"{their_name}.weight"] = weight.t() if transpose else weight
-            out[f"{their_name}.bias"] = state[f"{our_name}.bias"]
-    return out
-
-
-ARCHITECTURES: dict[str, tuple[Callable[[TransformerConfig, Tokenizer], dict], Callable[[State, TransformerConfig], dict]]] = {
-    "bert": (_bert_config, _bert_state),
-    "gpt2": (_gpt2_config, _gpt2_state),
-}
-
-
-def write_hf(directory: Path, model: TransformerLM, tokenizer: Tokenizer, tokenizer_files: Mapping[str, bytes]) -> str:
-    """Write an HF model directory for `cfg` (see the module doc); returns the architecture written.
-
-    A WordPiece vocab also gets a tokenizer_config.json naming BertTokenizer, so AutoTokenizer loads it;
-    fastBPE files are copied as they are (HF has no fastBPE tokenizer: tokenize with this project's).
-    """
-    cfg = model.cfg
-    architecture = hf_architecture(cfg)
-    make_config, make_state = ARCHITECTURES[architecture]
-    tensors = {name: tensor.detach().float().cpu() for name, tensor in make_state(model.state_dict(), cfg).items()}
-    save_safetensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    for name, data in tokenizer_files.items():
+def write_hf_tokenizer(directory: Path, tokenizer: Tokenizer, tokenizer_files: Mapping[str, bytes],
+                       max_len: int, plain_ids: bool = False) -> None:
+    """Our tokenizer files, and what AutoTokenizer needs to give our ids from them: for WordPiece a
+    BertTokenizer, which wraps a text in [CLS] ... [SEP] as BERT's users expect, unless `plain_ids`."""
+    files = dict(tokenizer_files)
+    if tokenizer.kind == "wordpiece" and not plain_ids:
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.spec.lowercase,
+                  "model_max_length": max_len}
+        files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    else:
+        files.update(hf_tokenizer_files(tokenizer.spec, max_len))
+    for name, data in files.items():
         atomic_write_bytes(directory / name, data)
-    if tokenizer.kind == "wordpiece":
-        tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.spec.lowercase,
-                            "model_max_length": cfg.max_len}
-        atomic_write_bytes(directory / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2).encode())
-    atomic_write_bytes(directory / "config.json", json.dumps(make_config(cfg, tokenizer), indent=2).encode())
-    return architecture
+
+
+def write_hf(directory: Path, model: HFModel, tokenizer: Tokenizer, tokenizer_files: Mapping[str, bytes],
+             plain_ids: bool = False) -> str:
+    """Write `model` as an HF model directory; returns its architecture (config.json's `architectures`).
+
+    A WordPiece vocab also gets a tokenizer_config.json naming BertTokenizer, and fastBPE codes a
+    tokenizer.json (an HF BPE giving fastBPE's ids, data_pipeline/hf_tokenizer.py), so AutoTokenizer loads either
+    and gives our ids; `plain_ids`: a tokenizer.json for WordPiece too, adding no [CLS]/[SEP].
+    """
+    save_safetensors(model.tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    write_hf_tokenizer(directory, tokenizer, tokenizer_files, model.max_len, plain_ids)
+    token_ids = {key: getattr(tokenizer, attribute) for key, attribute in model.token_ids.items()}
+    write_json(directory / "config.json", {**model.config, **token_ids})
+    return ", ".join(model.config.get("architectures", []))

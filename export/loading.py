@@ -16,8 +16,7 @@ from export.exporter import OUTPUT_NAMES
 from export.manifest import Manifest, resolve_tokenizer
 from export.npz import read_npz
 from export.torch_format import read_torch
-from pretrain.checkpoint import load_module_state
-from pretrain.model import TransformerLM
+from pretrain.adapters import TransformerLM, adapter_of, load_module_state
 
 # Settings that may differ between an export and the model initialised from it: they change training,
 # not the function the weights compute.
@@ -46,40 +45,41 @@ def read_export(path: str | Path) -> tuple[Manifest, dict[str, torch.Tensor], di
     raise UserError(f"{path}: unknown export type {path.suffix!r}: pass a .npz or .pt export or its directory")
 
 
-def load_pretrained(path: str | Path) -> tuple[nn.Module, TokenizerSpec]:
-    """The exported model (a TransformerLM, DualEncoder or Seq2Seq, in train mode, on the CPU) and the spec
-    of the tokenizer it was trained with."""
+def read_model(path: str | Path) -> tuple[nn.Module, Manifest, dict[str, bytes], Path]:
+    """(model with the export's weights, manifest, tokenizer files, file read) of an export."""
     manifest, state, files, path = read_export(path)
     model = manifest.build_model()
     load_module_state(model, state, path)
+    return model, manifest, files, path
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, TokenizerSpec]:
+    """The exported model (the class its adapter declares: a TransformerLM, DualEncoder, Seq2Seq...; in train
+    mode, on the CPU) and the spec of the tokenizer it was trained with."""
+    model, manifest, files, path = read_model(path)
     return model, resolve_tokenizer(manifest, files, path.parent)
-
-
-def _encoder_state(manifest: Manifest, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The entries of the export's TransformerLM (the model itself, or the encoder inside it)."""
-    prefix = manifest.kind.encoder_prefix
-    return {key[len(prefix):]: tensor for key, tensor in state.items() if key.startswith(prefix)}
 
 
 def load_encoder(path: str | Path) -> tuple[TransformerLM, TokenizerSpec]:
     """The TransformerLM of any export (a language model, or the encoder of a dual encoder or
     encoder-decoder) and its tokenizer's spec: what a fine-tuning script puts a new head on."""
-    manifest, state, files, path = read_export(path)
-    model = TransformerLM(manifest.encoder_config())
-    load_module_state(model, _encoder_state(manifest, state), path)
-    return model, resolve_tokenizer(manifest, files, path.parent)
+    model, manifest, files, path = read_model(path)
+    return manifest.adapter.encoder(model), resolve_tokenizer(manifest, files, path.parent)
 
 
-def init_from(model: TransformerLM, path: str | Path, expected_fingerprint: str | None = None) -> None:
-    """Load an export's weights into `model` to start training from them (`init_from` in a trainer config).
+def init_from(model: nn.Module, path: str | Path, expected_fingerprint: str | None = None) -> None:
+    """Load an export's encoder into the encoder of `model` (what a run exports) to start training from it
+    (`init_from` in a trainer config).
 
-    The export may hold a TransformerLM or a DualEncoder / Seq2Seq, whose encoder is then used. It must
+    The export may hold a TransformerLM or a DualEncoder / Seq2Seq..., whose encoder is then used. It must
     be the same Transformer: every setting but dropout equal (so that, say, a pre-LN export does not
     silently initialise a post-LN model) and, when `expected_fingerprint` is given (the trainer's
     tokenizer), the same vocab. Any mismatch is one UserError naming the setting or key.
     """
-    manifest, state, _, path = read_export(path)
-    ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(manifest.encoder_config())
+    model = adapter_of(model).encoder(model)
+    exported, manifest, _, path = read_model(path)
+    encoder = manifest.adapter.encoder(exported)
+    ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(encoder.cfg)
     for name in ours:
         if name not in TRAINING_ONLY_SETTINGS and ours[name] != theirs[name]:
             raise UserError(f"init_from {path}: model.{name} is {ours[name]!r} here but {theirs[name]!r} in the "
@@ -88,4 +88,4 @@ def init_from(model: TransformerLM, path: str | Path, expected_fingerprint: str 
         raise UserError(f"init_from {path}: the export was trained with tokenizer {manifest.tokenizer_fingerprint}, "
                         f"this run's tokenizer is {expected_fingerprint}: use the export's vocab files "
                         f"(written beside it)")
-    load_module_state(model, _encoder_state(manifest, state), path)
+    model.load_state_dict(encoder.state_dict())

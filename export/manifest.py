@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,62 +20,13 @@ from torch import nn
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, load_tokenizer
 from data_pipeline.atomic_files import atomic_write_bytes
-from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
-from pretrain.objectives.seq2seq import Seq2Seq
+from pretrain.adapters import ExportAdapter, adapter_named, adapter_of
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "pretrain-service-export"
 FORMAT_VERSION = 1
 
-
-@dataclass(frozen=True)
-class ModelKind:
-    """A model class an export can hold: its config as plain data, and how to rebuild it from that."""
-
-    cls: type[nn.Module]
-    config_of: Callable[[Any], dict[str, Any]]
-    build: Callable[[dict[str, Any]], nn.Module]
-    encoder_prefix: str  # where its TransformerLM sits in its state dict ("" = it is one)
-
-    def encoder_config(self, config: dict[str, Any]) -> TransformerConfig:
-        return TransformerConfig(**(config["model"] if self.encoder_prefix else config))
-
-
-def _tlm_config(model: TransformerLM) -> dict[str, Any]:
-    return dataclasses.asdict(model.cfg)
-
-
-def _tlm(config: dict[str, Any]) -> TransformerLM:
-    return TransformerLM(TransformerConfig(**config))
-
-
-def _dual_encoder_config(model: DualEncoder) -> dict[str, Any]:
-    return {"model": dataclasses.asdict(model.model.cfg), "dual_encoder": dataclasses.asdict(model.cfg),
-            "pad_id": model.pad_id}
-
-
-def _dual_encoder(config: dict[str, Any]) -> DualEncoder:
-    heads = dict(config["dual_encoder"], projection_hidden=tuple(config["dual_encoder"]["projection_hidden"]))
-    return DualEncoder(_tlm(config["model"]), DualEncoderConfig(**heads), pad_id=config["pad_id"])
-
-
-def _seq2seq_config(model: Seq2Seq) -> dict[str, Any]:
-    return {"model": dataclasses.asdict(model.encoder.cfg), "pad_id": model.pad_id, "start_id": model.start_id,
-            "end_id": model.end_id}
-
-
-def _seq2seq(config: dict[str, Any]) -> Seq2Seq:
-    return Seq2Seq(_tlm(config["model"]), pad_id=config["pad_id"], start_id=config["start_id"],
-                   end_id=config["end_id"])
-
-
-MODEL_KINDS = {
-    "TransformerLM": ModelKind(TransformerLM, _tlm_config, _tlm, encoder_prefix=""),
-    "DualEncoder": ModelKind(DualEncoder, _dual_encoder_config, _dual_encoder, encoder_prefix="model."),
-    "Seq2Seq": ModelKind(Seq2Seq, _seq2seq_config, _seq2seq, encoder_prefix="encoder."),
-}
 
 # Fixed names of the tokenizer files inside an export, in fingerprint order (vocab first, then codes).
 TOKENIZER_FILES = {"wordpiece": ("vocab.txt",), "bpe": ("bpe.vocab", "bpe.codes")}
@@ -108,31 +59,22 @@ class Manifest:
         if missing:
             raise UserError(f"{source}: export manifest lacks {', '.join(missing)}: the file is damaged; re-export it")
         manifest = cls(**{name: raw[name] for name in names})
-        if manifest.model not in MODEL_KINDS:
-            raise UserError(f"{source}: unknown model class {manifest.model!r}; this code knows "
-                            f"{', '.join(MODEL_KINDS)}")
+        adapter_named(manifest.model, source)
         if manifest.tokenizer_kind not in TOKENIZER_FILES:
             raise UserError(f"{source}: unknown tokenizer kind {manifest.tokenizer_kind!r}")
         return manifest
 
     @property
-    def kind(self) -> ModelKind:
-        return MODEL_KINDS[self.model]
-
-    def _from_config(self, make: Callable[[dict[str, Any]], Any]) -> Any:
-        try:
-            return make(self.config)
-        except (TypeError, KeyError) as err:  # a setting this version does not know, or lacks
-            raise UserError(f"the export's model config does not fit this code ({err}): load it with the "
-                            "version that wrote it") from None
-
-    def encoder_config(self) -> TransformerConfig:
-        """The config of the TransformerLM in the export (the model, or the encoder inside it)."""
-        return self._from_config(self.kind.encoder_config)
+    def adapter(self) -> ExportAdapter:
+        return adapter_named(self.model, "export manifest")
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the exported class and config (load the weights next)."""
-        return self._from_config(self.kind.build)
+        try:
+            return self.adapter.build(self.config)
+        except (TypeError, KeyError) as err:  # a setting this version does not know, or lacks
+            raise UserError(f"the export's model config does not fit this code ({err}): load it with the "
+                            "version that wrote it") from None
 
 
 def describe(model: nn.Module, spec: TokenizerSpec) -> tuple[Manifest, dict[str, bytes]]:
@@ -141,11 +83,8 @@ def describe(model: nn.Module, spec: TokenizerSpec) -> tuple[Manifest, dict[str,
     Refuses a tokenizer whose vocab size differs from the model's: the export would pair the weights
     with the wrong ids.
     """
-    name = type(model).__name__
-    if name not in MODEL_KINDS or not isinstance(model, MODEL_KINDS[name].cls):
-        raise UserError(f"cannot export a {name}: exports hold {', '.join(MODEL_KINDS)}")
-    config = MODEL_KINDS[name].config_of(model)
-    vocab_size = MODEL_KINDS[name].encoder_config(config).vocab_size
+    adapter = adapter_of(model)
+    vocab_size = adapter.encoder(model).cfg.vocab_size
     tokenizer = load_tokenizer(spec)
     if tokenizer.vocab_size != vocab_size:
         raise UserError(f"tokenizer {spec.vocab} has {tokenizer.vocab_size} tokens but the model's vocab_size "
@@ -153,7 +92,7 @@ def describe(model: nn.Module, spec: TokenizerSpec) -> tuple[Manifest, dict[str,
     sources = (spec.vocab,) if spec.kind == "wordpiece" else (spec.vocab, spec.codes)
     files = {export_name: Path(source).read_bytes()
              for export_name, source in zip(TOKENIZER_FILES[spec.kind], sources)}
-    manifest = Manifest(model=name, config=config, tokenizer_kind=spec.kind,
+    manifest = Manifest(model=adapter.name, config=adapter.config_of(model), tokenizer_kind=spec.kind,
                         tokenizer_lowercase=spec.lowercase, tokenizer_fingerprint=tokenizer.fingerprint)
     return manifest, files
 

@@ -32,6 +32,7 @@ class DiscrimConfig:
 
 
 def build_objective(cfg: DiscrimConfig, tokenizer: Tokenizer) -> tuple[nn.Module, Transform]:
+    cfg.model.refuse_document_mask("pretrain.discrim")
     masker = TokenMasker(cfg.objective.masking(), seed=cfg.train.seed, vocab_size=tokenizer.vocab_size,
                          mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids)
     electra = Electra(TransformerLM(cfg.model), cfg.objective, pad_id=tokenizer.pad_id,

@@ -45,6 +45,7 @@ class PairedConfig:
 
 
 def build_objective(cfg: PairedConfig, tokenizer: Tokenizer) -> tuple[nn.Module, Transform | None]:
+    cfg.model.refuse_document_mask("pretrain.paired")
     model = TransformerLM(cfg.model)
     split = LineSplitter(seed=cfg.train.seed, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id) \
         if cfg.objective.pairs == "nsp" else None

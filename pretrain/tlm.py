@@ -30,9 +30,13 @@ class LMObjectiveConfig:
     replace_with_mask: float = 0.8
     replace_with_random: float = 0.1
     whole_word: bool = False
+    mask_rate_final: float = 0.0        # > 0: the rate decays linearly from mask_rate to this ...
+    mask_rate_decay_samples: int = 0    # ... over this many samples (steps x data.batch_size x ranks)
+    span_length: float = 0.0            # > 0: mask spans of this mean length (SpanBERT: 3.8)
 
     def masking(self) -> MaskingConfig:
-        return MaskingConfig(self.mask_rate, self.replace_with_mask, self.replace_with_random, self.whole_word)
+        return MaskingConfig(self.mask_rate, self.replace_with_mask, self.replace_with_random, self.whole_word,
+                             self.mask_rate_final, self.mask_rate_decay_samples, self.span_length)
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,12 @@ class TLMConfig:
 def build_objective(cfg: TLMConfig, tokenizer: Tokenizer) -> tuple[nn.Module, Transform | None]:
     model = TransformerLM(cfg.model)
     if cfg.objective.name == "clm":
-        return CausalLM(model, pad_id=tokenizer.pad_id), None
+        return CausalLM(model, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id), None
     masking = cfg.objective.masking()
     masker = TokenMasker(masking, seed=cfg.train.seed, vocab_size=tokenizer.vocab_size,
                          mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids,
                          word_starts=tokenizer.word_starts if masking.whole_word else None)
-    return MaskedLM(model, mask_rate=masking.mask_rate), masker
+    return MaskedLM(model, mask_rate=masking.mask_rate, sep_id=tokenizer.sep_id), masker
 
 
 RECIPE = Recipe(prog="python -m pretrain.tlm", description=__doc__, schema=TLMConfig,

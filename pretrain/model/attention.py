@@ -1,4 +1,5 @@
-"""Multi-head attention: self- or cross-attention, padding and causal masks, Shaw et al. relative positions.
+"""Multi-head attention: self- or cross-attention, padding, causal, document and sliding-window masks, Shaw
+et al. relative positions and rotary positions.
 
 Every variant but relative *values* runs through F.scaled_dot_product_attention, which picks fused
 flash / memory-efficient kernels where the inputs allow; relative values need the attention weights
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pretrain.model.rotary import apply_rope
 
 
 def relative_positions(q_len: int, k_len: int, window: int, device: torch.device) -> torch.Tensor:
@@ -31,6 +34,29 @@ def allowed_keys(key_padding_mask: torch.Tensor | None, causal: bool, q_len: int
     return mask
 
 
+def self_attention_mask(length: int, device: torch.device, *, padding_mask: torch.Tensor | None = None,
+                        causal: bool = False, documents: torch.Tensor | None = None,
+                        half_window: int | None = None) -> torch.Tensor:
+    """Bool [B or 1, 1, T, T], True where query i may attend to key j: j is a real token, j <= i (causal),
+    j is in i's document (documents [B, T] ids) and |i - j| <= half_window (sliding window).
+
+    Every query may also attend to itself, so no row is empty (an all-False row makes SDPA return NaNs):
+    that changes only the outputs at padding positions, which nothing reads.
+    """
+    index = torch.arange(length, device=device)
+    offsets = index[None, :] - index[:, None]
+    mask = torch.ones(1, 1, length, length, dtype=torch.bool, device=device)
+    if padding_mask is not None:
+        mask = mask & padding_mask[:, None, None, :]
+    if causal:
+        mask = mask & (offsets <= 0)
+    if documents is not None:
+        mask = mask & (documents[:, None, :, None] == documents[:, None, None, :])
+    if half_window is not None:
+        mask = mask & (offsets.abs() <= half_window)
+    return mask | (offsets == 0)
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over `num_heads` heads, with optional relative positions.
 
@@ -41,7 +67,7 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float, rpr_k: int = 0,
-                 rpr_values: bool = False) -> None:
+                 rpr_values: bool = False, bias: bool = True) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
@@ -51,28 +77,35 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = d_model // num_heads
         self.dropout_p = dropout
         self.rpr_k = rpr_k
-        self.w_QKV = nn.Linear(d_model, 3 * d_model)
-        self.w_O = nn.Linear(d_model, d_model)
+        self.w_QKV = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.w_O = nn.Linear(d_model, d_model, bias=bias)
         # One table per layer shared by the heads, as in Shaw et al. and 8-mile.
         self.rpr_key = nn.Embedding(2 * rpr_k + 1, self.head_dim) if rpr_k else None
         self.rpr_value = nn.Embedding(2 * rpr_k + 1, self.head_dim) if rpr_values else None
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, causal: bool = False,
-                memory: torch.Tensor | None = None) -> torch.Tensor:
+                memory: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x [B, Tq, D] -> [B, Tq, D].
 
         key_padding_mask: [B, Tk] bool, True at real keys (keys are x, or memory when given); None = no
-        padding. causal: query i sees keys j <= i (self-attention only).
+        padding. causal: query i sees keys j <= i (self-attention only). mask: a precomputed bool mask
+        (`self_attention_mask`) that replaces both. rope: (cos, sin) of `rotary.rope_angles`, applied to
+        queries and keys.
         """
         if causal and memory is not None:
             raise ValueError("causal masking applies to self-attention, not to attention over a memory")
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
             raise TypeError(f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}")
         q, k, v = self._project(x, memory)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if mask is None and (key_padding_mask is not None or (causal and self.rpr_key is not None)):
+            mask = allowed_keys(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
         if self.rpr_value is not None:
-            out = self._explicit_attention(q, k, v, key_padding_mask, causal)
+            out = self._explicit_attention(q, k, v, mask)
         else:
-            out = self._sdpa(q, k, v, key_padding_mask, causal)
+            out = self._sdpa(q, k, v, mask, causal and mask is None)
         batch, _, q_len, _ = out.shape
         return self.w_O(out.transpose(1, 2).reshape(batch, q_len, -1))
 
@@ -84,7 +117,8 @@ class MultiHeadAttention(nn.Module):
         if memory is None:
             return tuple(self._heads(t) for t in self.w_QKV(x).chunk(3, dim=-1))
         weight_q, weight_kv = self.w_QKV.weight.split([x.shape[-1], 2 * x.shape[-1]])
-        bias_q, bias_kv = self.w_QKV.bias.split([x.shape[-1], 2 * x.shape[-1]])
+        bias = self.w_QKV.bias
+        bias_q, bias_kv = (None, None) if bias is None else bias.split([x.shape[-1], 2 * x.shape[-1]])
         k, v = F.linear(memory, weight_kv, bias_kv).chunk(2, dim=-1)
         return self._heads(F.linear(x, weight_q, bias_q)), self._heads(k), self._heads(v)
 
@@ -99,13 +133,13 @@ class MultiHeadAttention(nn.Module):
         table_scores = q @ self.rpr_key.weight.t()
         return table_scores.gather(-1, index.expand(*q.shape[:2], q_len, k_len)), index
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-              causal: bool) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              is_causal: bool) -> torch.Tensor:
+        """mask: bool, True where a query may attend (None: everywhere, or causally when is_causal)."""
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.rpr_key is None and key_padding_mask is None:
+        if self.rpr_key is None and mask is None:
             # No mask tensor at all: the fused kernels apply the causal mask themselves.
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-        mask = allowed_keys(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         if self.rpr_key is not None:
             # SDPA adds a float mask after scaling q.k, so the relative-key bias carries the same scale.
             bias = self._relative_key_scores(q, k.shape[2])[0] * self.head_dim ** -0.5
@@ -113,11 +147,10 @@ class MultiHeadAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            key_padding_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+                            mask: torch.Tensor | None) -> torch.Tensor:
         """Relative keys and values: out_i = sum_j p_ij (v_j + b_(j-i)), p = softmax((q.k + q.a) / sqrt(d))."""
         relative_scores, index = self._relative_key_scores(q, k.shape[2])
         scores = (q @ k.transpose(-1, -2) + relative_scores) * self.head_dim ** -0.5
-        mask = allowed_keys(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
         if mask is not None:
             # The dtype's minimum rather than -inf: a query with no visible key (an all-padding row) then
             # gets uniform weights instead of NaNs that would poison the backward pass.

@@ -1,4 +1,4 @@
-"""Input embeddings: word vectors plus absolute positions (or none), then an optional LayerNorm and dropout."""
+"""Input embeddings: word vectors plus absolute positions (or none), then an optional norm and dropout."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pretrain.model.config import TransformerConfig
+from pretrain.model.norms import make_norm
 
 
 def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
@@ -38,7 +39,7 @@ class Embeddings(nn.Module):
         else:
             self.sinusoid = None
             self.word_scale = 1.0
-        self.layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embeddings_layer_norm else None
+        self.layer_norm = make_norm(cfg) if cfg.embeddings_layer_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

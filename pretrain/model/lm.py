@@ -6,13 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.errors import UserError
+from pretrain.model.attention import self_attention_mask
 from pretrain.model.config import TransformerConfig
+from pretrain.model.documents import document_positions
 from pretrain.model.embeddings import Embeddings
+from pretrain.model.rotary import rope_angles
+from pretrain.model.norms import make_norm
 from pretrain.model.transformer import TransformerBlock, init_bert_weights
 
 
 class TransformerEncoder(nn.Module):
-    """tokens [B, T] -> hidden [B, T, D]: embeddings, `cfg.layers` blocks, and a final LN for pre-LN."""
+    """tokens [B, T] -> hidden [B, T, D]: embeddings, `cfg.layers` blocks, and a final norm for pre-LN."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -20,33 +24,64 @@ class TransformerEncoder(nn.Module):
         if cfg.vocab_size <= 0:
             raise UserError("model.vocab_size is 0: set it, or build the model after the trainer fills it in "
                             "from the tokenizer")
+        self.cfg = cfg
         self.max_len = cfg.max_len if cfg.embeddings != "none" else None
         self.embeddings = Embeddings(cfg)
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.layers))
-        # Pre-LN leaves the residual stream un-normalised; post-LN already ends on a LayerNorm.
-        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.layers = nn.ModuleList(TransformerBlock(cfg, index) for index in range(cfg.layers))
+        # Pre-LN (either) leaves the residual stream un-normalised; post-LN already ends on a LayerNorm.
+        self.final_norm = make_norm(cfg) if cfg.norm != "post" else None
         self.apply(init_bert_weights)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
         """padding_mask: [B, T] bool, True at real tokens; pass None when there is no padding (it keeps the
-        fused attention kernels). causal: position t attends to positions <= t only."""
+        fused attention kernels). causal: position t attends to positions <= t only. documents: [B, T]
+        document ids (`documents.document_ids`) of packed blocks: a token then attends only inside its own
+        document, and rotary positions restart at each document."""
         if self.max_len is not None and tokens.shape[1] > self.max_len:
             raise UserError(f"sequence length {tokens.shape[1]} exceeds model.max_len={self.max_len}: raise "
                             "model.max_len or shorten the sequences")
         x = self.embeddings(tokens)
-        for layer in self.layers:
-            x = layer(x, padding_mask, causal)
+        masks = self._masks(tokens, padding_mask, causal, documents)
+        ropes = self._rope_angles(tokens, documents)
+        for index, layer in enumerate(self.layers):
+            is_global = self.cfg.is_global(index)
+            rope = ropes.get(self.cfg.layer_rope_theta(index))
+            x = layer(x, padding_mask, causal, mask=masks[is_global], rope=rope)
         return x if self.final_norm is None else self.final_norm(x)
+
+    def _masks(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, causal: bool,
+               documents: torch.Tensor | None) -> dict[bool, torch.Tensor | None]:
+        """{is_global: explicit mask or None}, built once per forward and shared by the layers. None keeps
+        the attention's own padding/causal path (and its fused kernels) where nothing else is masked."""
+        def build(half_window: int | None) -> torch.Tensor:
+            return self_attention_mask(tokens.shape[1], tokens.device, padding_mask=padding_mask, causal=causal,
+                                       documents=documents, half_window=half_window)
+        masks: dict[bool, torch.Tensor | None] = {True: None if documents is None else build(None)}
+        if self.cfg.global_every > 1:
+            masks[False] = build(self.cfg.local_window // 2)
+        return masks
+
+    def _rope_angles(self, tokens: torch.Tensor,
+                     documents: torch.Tensor | None) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+        """{theta: (cos, sin)} for every theta the layers use; {} without rotary positions."""
+        if not self.cfg.rope:
+            return {}
+        if documents is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        else:
+            positions = document_positions(documents)
+        thetas = {self.cfg.layer_rope_theta(index) for index in range(self.cfg.layers)}
+        return {theta: rope_angles(positions, self.cfg.head_dim, theta) for theta in thetas}
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM transform before the tied projection: LN(GELU(dense(h)))."""
+    """BERT's MLM transform before the tied projection: LN(GELU(dense(h))) (norm and bias as configured)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.layer_norm = make_norm(cfg)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(F.gelu(self.dense(hidden)))
@@ -69,8 +104,8 @@ class TransformerLM(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.output_bias else None
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        return self.encoder(tokens, padding_mask, causal)
+                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(tokens, padding_mask, causal, documents)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> [..., V] through the head transform (if any) and the tied projection."""

@@ -11,7 +11,7 @@ from torch import nn
 from data_pipeline.errors import UserError
 from pretrain.model.attention import MultiHeadAttention
 
-POOLINGS = ("mean", "first", "2ha")
+POOLINGS = ("mean", "first", "2ha", "mead-2ha")
 
 
 def real_token_mask(hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -54,12 +54,47 @@ class TwoHeadAttentionPooling(nn.Module):
         return (attended * weights).sum(1) / weights.sum(1).clamp(min=1.0).sqrt()
 
 
-def build_pooling(kind: str, d_model: int, dropout: float) -> nn.Module:
-    """The reduction named `kind` (one of POOLINGS) for states of width d_model; its output is d_model wide."""
+class MeadTwoHeadPooling(nn.Module):
+    """mead-layers' TwoHeadConcat (its "2ha" reduction): two single-head self-attentions whose queries and keys
+    are d_k-wide projections and whose values are the states themselves, with unscaled dot products; each
+    head's outputs at the real tokens are summed and multiplied by sqrt(length), and the two heads'
+    results concatenated: 2 * d_model wide. `query` and `key` hold both heads' projections (head 1's rows
+    first)."""
+
+    def __init__(self, d_model: int, d_k: int, dropout: float) -> None:
+        super().__init__()
+        self.d_k = d_k
+        self.query = nn.Linear(d_model, 2 * d_k)
+        self.key = nn.Linear(d_model, 2 * d_k)
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, projected: torch.Tensor) -> torch.Tensor:
+        """[B, T, 2 d_k] -> [B, 2, T, d_k]."""
+        return projected.unflatten(-1, (2, self.d_k)).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self._heads(self.query(hidden)) @ self._heads(self.key(hidden)).transpose(-1, -2)
+        weights = real_token_mask(hidden, padding_mask)  # [B, T, 1]
+        scores = scores.masked_fill(weights.transpose(1, 2).unsqueeze(1) == 0, torch.finfo(scores.dtype).min)
+        attended = self.dropout(scores.softmax(-1)) @ hidden.unsqueeze(1)  # [B, 2, T, D]
+        pooled = (attended * weights.unsqueeze(1)).sum(2) * weights.sum(1).sqrt().unsqueeze(1)
+        return pooled.flatten(1)
+
+
+def pooled_width(kind: str, d_model: int) -> int:
+    """The width of the vector the reduction named `kind` gives for states of width d_model."""
+    return 2 * d_model if kind == "mead-2ha" else d_model
+
+
+def build_pooling(kind: str, d_model: int, dropout: float, d_k: int = 64) -> nn.Module:
+    """The reduction named `kind` (one of POOLINGS) for states of width d_model (see `pooled_width`);
+    d_k: the query/key width of mead-2ha."""
     if kind == "mean":
         return MeanPooling()
     if kind == "first":
         return FirstTokenPooling()
     if kind == "2ha":
         return TwoHeadAttentionPooling(d_model, dropout)
+    if kind == "mead-2ha":
+        return MeadTwoHeadPooling(d_model, d_k, dropout)
     raise UserError(f"objective.dual_encoder.pooling={kind!r} must be one of {', '.join(POOLINGS)}")

@@ -1,5 +1,6 @@
-"""Transformer building blocks: the feed-forward sublayer, the residual wiring (pre- or post-LN), the
-encoder block and BERT's initialisation. A decoder block is the same pieces plus a cross-attention."""
+"""Transformer building blocks: the feed-forward sublayer (plain or gated), the norms, the residual wiring
+(pre- or post-LN), the encoder block and BERT's initialisation. A decoder block is the same pieces plus a
+cross-attention."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,25 +11,44 @@ from torch import nn
 
 from pretrain.model.attention import MultiHeadAttention
 from pretrain.model.config import TransformerConfig
+from pretrain.model.norms import make_norm
+
+
+GATE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"geglu": F.gelu, "swiglu": F.silu}
 
 
 class FeedForward(nn.Module):
-    """squeeze(GELU(expansion(x))): D -> d_ff -> D, with the erf GELU of BERT."""
+    """squeeze(GELU(expansion(x))): D -> d_ff -> D, with the erf GELU of BERT; or, gated (`kind` geglu or
+    swiglu), one expansion to 2 x d_ff whose halves a, b give squeeze(act(a) * b) (Shazeer 2020): the
+    layout of ModernBERT's Wi (input, gate) and of Llama's gate_proj and up_proj stacked."""
 
-    def __init__(self, d_model: int, d_ff: int) -> None:
+    def __init__(self, d_model: int, d_ff: int, kind: str = "gelu", bias: bool = True) -> None:
         super().__init__()
-        self.expansion = nn.Linear(d_model, d_ff)
-        self.squeeze = nn.Linear(d_ff, d_model)
+        self.gate_activation = GATE_ACTIVATIONS.get(kind)
+        self.expansion = nn.Linear(d_model, d_ff * (1 if self.gate_activation is None else 2), bias=bias)
+        self.squeeze = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.squeeze(F.gelu(self.expansion(x)))
+        if self.gate_activation is None:
+            return self.squeeze(F.gelu(self.expansion(x)))
+        activated, gate = self.expansion(x).chunk(2, dim=-1)
+        return self.squeeze(self.gate_activation(activated) * gate)
 
 
-def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.LayerNorm,
-             dropout: nn.Dropout, pre_norm: bool) -> torch.Tensor:
-    """One residual sublayer: pre-LN x + drop(f(LN(x))) (GPT-2) or post-LN LN(x + drop(f(x))) (BERT)."""
-    if pre_norm:
+def make_feed_forward(cfg: TransformerConfig) -> FeedForward:
+    return FeedForward(cfg.d_model, cfg.d_ff, cfg.ffn, cfg.bias)
+
+
+def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module,
+             dropout: nn.Dropout, placement: str) -> torch.Tensor:
+    """One residual sublayer, by `placement` (model.norm): "pre" x + drop(f(LN(x))) (GPT-2), "post"
+    LN(x + drop(f(x))) (BERT), or "mead-pre" LN(x) + drop(f(LN(x))): mead-layers' pre-LN block, whose
+    residual stream is the normalised input."""
+    if placement == "pre":
         return x + dropout(sublayer(norm(x)))
+    if placement == "mead-pre":
+        x = norm(x)
+        return x + dropout(sublayer(x))
     return norm(x + dropout(sublayer(x)))
 
 
@@ -38,22 +58,26 @@ class TransformerBlock(nn.Module):
     `attn_norm` belongs to the attention sublayer and `ffn_norm` to the feed-forward one: BERT's
     attention.output.LayerNorm / output.LayerNorm and GPT-2's ln_1 / ln_2. (8-mile calls the norm between
     the two sublayers ln2 and the other ln1, so for post-LN its ln2 is our attn_norm.)
+    Layer `index` 0 of a `first_attn_norm=false` model has no attention norm (`attn_norm` is the identity).
     """
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: TransformerConfig, index: int = 0) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
-        self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values)
-        self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm_placement = cfg.norm
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.rpr_k, cfg.rpr_values,
+                                       bias=cfg.bias)
+        self.attn_norm = make_norm(cfg) if index or cfg.first_attn_norm else nn.Identity()
+        self.ffn = make_feed_forward(cfg)
+        self.ffn_norm = make_norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        x = residual(x, lambda h: self.attn(h, padding_mask, causal), self.attn_norm, self.dropout,
-                     self.pre_norm)
-        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, causal: bool = False,
+                mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """mask and rope: see MultiHeadAttention.forward (a given mask replaces padding_mask and causal)."""
+        x = residual(x, lambda h: self.attn(h, padding_mask, causal, mask=mask, rope=rope),
+                     self.attn_norm, self.dropout, self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
 def init_bert_weights(module: nn.Module) -> None:
@@ -62,6 +86,7 @@ def init_bert_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)

@@ -30,20 +30,23 @@ from data_pipeline.errors import UserError
 from pretrain.config import require
 from pretrain.model.flops import flops_per_token
 from pretrain.model.lm import TransformerLM
-from pretrain.model.pooling import build_pooling
+from pretrain.model.packing import pack_sequences, pool_packed
+from pretrain.model.pooling import build_pooling, pooled_width
 
 
 @dataclass(frozen=True)
 class DualEncoderConfig:
     """Heads and loss of the dual encoder (the Transformer itself is the `model` section)."""
 
-    pooling: Literal["mean", "first", "2ha"] = "2ha"
+    pooling: Literal["mean", "first", "2ha", "mead-2ha"] = "2ha"  # mead-2ha: mead's TwoHeadConcat, one for both sides
+    reduction_d_k: int = 64                  # query/key width of mead-2ha (mead's reduction_d_k)
     projection_hidden: tuple[int, ...] = ()  # widths of GELU layers before the final projection
     embed_dim: int = 256                     # width of the compared encodings
     shared_head: bool = False                # one pooling + projection for both sides
     temperature: float = 0.1                 # initial; learned as log(1 / temperature)
     max_scale: float = 100.0                 # cap on 1 / temperature (CLIP's), against runaway logits
     recall_candidates: int = 100             # validation: recall@1 among this many responses
+    packed: bool = False                     # pack several sequences per row (document masks, no padding)
 
     def __post_init__(self) -> None:
         require(self.embed_dim >= 1 and all(width >= 1 for width in self.projection_hidden),
@@ -52,16 +55,21 @@ class DualEncoderConfig:
         require(self.temperature > 0.0 and 1.0 / self.temperature <= self.max_scale,
                 f"temperature={self.temperature} must be > 0 and >= 1 / max_scale={self.max_scale}")
         require(self.recall_candidates >= 2, f"recall_candidates={self.recall_candidates} must be >= 2")
+        require(self.reduction_d_k >= 1, f"reduction_d_k={self.reduction_d_k} must be >= 1")
+        require(not self.packed or self.pooling in ("mean", "first"),
+                f"packed=true pools each sequence from its own tokens: pooling must be mean or first, got "
+                f"{self.pooling!r}")
 
 
 class EncodingHead(nn.Module):
     """hidden states -> one L2-normalised encoding: reduction, then GELU layers and a linear projection."""
 
-    def __init__(self, cfg: DualEncoderConfig, d_model: int, dropout: float) -> None:
+    def __init__(self, cfg: DualEncoderConfig, d_model: int, dropout: float, pooling: nn.Module | None = None) -> None:
         super().__init__()
-        self.pooling = build_pooling(cfg.pooling, d_model, dropout)
+        self.pooling = pooling if pooling is not None else build_pooling(cfg.pooling, d_model, dropout,
+                                                                         cfg.reduction_d_k)
         layers: list[nn.Module] = []
-        width = d_model
+        width = pooled_width(cfg.pooling, d_model)
         for hidden in cfg.projection_hidden:
             layers += [nn.Linear(width, hidden), nn.GELU()]
             width = hidden
@@ -72,7 +80,11 @@ class EncodingHead(nn.Module):
         # input-dependent part within a few steps, and every input collapses onto one encoding.
 
     def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.pooling(hidden, padding_mask)).float(), dim=-1)
+        return self.project(self.pooling(hidden, padding_mask))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled states [B, D] -> L2-normalised encodings."""
+        return F.normalize(self.projection(pooled).float(), dim=-1)
 
 
 def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -106,21 +118,38 @@ class DualEncoder(nn.Module):
         if model.cfg.head_transform or model.cfg.output_bias:
             raise UserError("model.head_transform and model.output_bias belong to a language-model head, which "
                             "the dual encoder does not train: set both to false")
+        if cfg.packed and not (model.cfg.rope and model.cfg.embeddings == "none"):
+            raise UserError("objective.dual_encoder.packed=true needs positions that restart at each packed "
+                            "sequence: set model.rope=true and model.embeddings=none")
         self.cfg = cfg
         self.model = model
         self.pad_id = pad_id
         self.context_head = EncodingHead(cfg, model.cfg.d_model, model.cfg.dropout)
+        # mead's PairedModel reduces both sides with one reduction layer (and projects each with its own).
+        shared_pooling = self.context_head.pooling if cfg.pooling == "mead-2ha" else None
         self.response_head = self.context_head if cfg.shared_head else \
-            EncodingHead(cfg, model.cfg.d_model, model.cfg.dropout)
+            EncodingHead(cfg, model.cfg.d_model, model.cfg.dropout, shared_pooling)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
     def encode(self, tokens: torch.Tensor, head: EncodingHead) -> torch.Tensor:
+        if self.cfg.packed:
+            packed = pack_sequences(tokens, self.pad_id)
+            hidden = self.model(packed.tokens, padding_mask=packed.padding_mask, documents=packed.documents)
+            return head.project(pool_packed(hidden, packed, self.cfg.pooling))
         padding_mask = tokens != self.pad_id
         return head(self.model(tokens, padding_mask=padding_mask), padding_mask)
 
+    def encode_context(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Contexts [B, T] (padded with pad_id) -> their L2-normalised encodings [B, embed_dim]."""
+        return self.encode(tokens, self.context_head)
+
+    def encode_response(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Responses [B, T] (padded with pad_id) -> their L2-normalised encodings [B, embed_dim]."""
+        return self.encode(tokens, self.response_head)
+
     def forward(self, batch: dict) -> dict:
-        contexts = self.encode(batch["left"], self.context_head)
-        responses = self.encode(batch["right"], self.response_head)
+        contexts = self.encode_context(batch["left"])
+        responses = self.encode_response(batch["right"])
         # Scores in fp32 whatever the autocast: bf16 cosines times a scale of up to 100 would be off by ~0.4.
         with torch.autocast(contexts.device.type, enabled=False):
             out = self.retrieval_loss(contexts, responses)
@@ -151,6 +180,6 @@ class DualEncoder(nn.Module):
         """The encoder's matmul FLOPs per token (the heads, run once per sequence, are left out)."""
         return flops_per_token(self.model.cfg, seq_len, output_fraction=0.0)
 
-    def export_model(self) -> TransformerLM:
-        """The shared encoder (its heads stay in the training checkpoint)."""
-        return self.model
+    def export_model(self) -> DualEncoder:
+        """The whole dual encoder: its encoder, both heads and the learned scale."""
+        return self

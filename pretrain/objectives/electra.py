@@ -236,6 +236,7 @@ class Electra(nn.Module):
         return (flops_per_token(model, seq_len, output_fraction=0.0) + head
                 + flops_per_token(generator, seq_len, output_fraction=0.0) + mlm_head)
 
-    def export_model(self) -> TransformerLM:
-        """The discriminator: the model to fine-tune (its binary head is `discriminator_head`, beside it)."""
-        return self.discriminator
+    def export_model(self) -> Electra:
+        """The whole of it: discriminator (the model to fine-tune: `--encoder-only` exports just that), its
+        replaced-token head, and the generator."""
+        return self

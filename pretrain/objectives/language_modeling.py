@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.model.documents import document_ids
 from pretrain.model.flops import flops_per_token
 from pretrain.model.lm import TransformerLM
 
@@ -24,15 +25,23 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> dict:
 
 
 class LanguageModelObjective(nn.Module):
-    """What both LM objectives share: one TransformerLM, one token-level loss term, export of the LM."""
+    """What both LM objectives share: one TransformerLM, one token-level loss term, export of the LM, and
+    the documents of packed blocks (found from `sep_id`) when the model masks attention by document."""
 
     loss_weights = {"lm": 1.0}
     perplexity_terms = ("lm",)
 
-    def __init__(self, model: TransformerLM, output_fraction: float) -> None:
+    def __init__(self, model: TransformerLM, output_fraction: float, sep_id: int | None = None) -> None:
         super().__init__()
+        if model.cfg.document_mask and sep_id is None:
+            raise ValueError("model.document_mask needs the separator id that ends each document")
         self.model = model
         self.output_fraction = output_fraction  # share of positions projected onto the vocab
+        self.sep_id = sep_id
+
+    def documents(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Document ids of the block's tokens when the model masks by document, else None."""
+        return document_ids(tokens, self.sep_id) if self.model.cfg.document_mask else None
 
     def flops_per_token(self, seq_len: int) -> float:
         return flops_per_token(self.model.cfg, seq_len, output_fraction=self.output_fraction)
@@ -48,12 +57,13 @@ class MaskedLM(LanguageModelObjective):
     most of an MLM step's FLOPs would otherwise go for little gain.
     """
 
-    def __init__(self, model: TransformerLM, mask_rate: float) -> None:
-        super().__init__(model, output_fraction=mask_rate)
+    def __init__(self, model: TransformerLM, mask_rate: float, sep_id: int | None = None) -> None:
+        super().__init__(model, output_fraction=mask_rate, sep_id=sep_id)
 
     def forward(self, batch: dict) -> dict:
         inputs = batch["inputs"]
-        hidden = self.model(inputs, padding_mask=batch.get("padding_mask"))
+        # The separator is special, never masked: the corrupted inputs show the same documents.
+        hidden = self.model(inputs, padding_mask=batch.get("padding_mask"), documents=self.documents(inputs))
         target_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
         out = token_cross_entropy(self.model.logits(target_hidden), batch["targets"])
         out["tokens"] = inputs.numel()
@@ -63,14 +73,14 @@ class MaskedLM(LanguageModelObjective):
 class CausalLM(LanguageModelObjective):
     """GPT-style next-token prediction: position t predicts token t+1 (labels shifted, not copied)."""
 
-    def __init__(self, model: TransformerLM, pad_id: int) -> None:
-        super().__init__(model, output_fraction=1.0)
+    def __init__(self, model: TransformerLM, pad_id: int, sep_id: int | None = None) -> None:
+        super().__init__(model, output_fraction=1.0, sep_id=sep_id)
         self.pad_id = pad_id
 
     def forward(self, batch: dict) -> dict:
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        hidden = self.model(inputs, causal=True)
+        hidden = self.model(inputs, causal=True, documents=self.documents(inputs))
         targets = targets.masked_fill(targets == self.pad_id, -100)
         out = token_cross_entropy(self.model.logits(hidden), targets)
         out["tokens"] = inputs.numel()

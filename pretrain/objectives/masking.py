@@ -1,6 +1,10 @@
 """BERT-style token masking, seeded per (seed, epoch, sample) so a resumed run masks exactly as an
 uninterrupted one would, whatever the world size, worker count or restart point.
 
+Targets are single tokens, whole words, or spans (SpanBERT: lengths drawn from a geometric distribution).
+The rate may decay over training (e.g. 30% -> 15%): it is a function of the reader's global cursor (the
+samples consumed by every rank together), which depends neither on the world size nor on restarts.
+
 It runs inside the DataLoader workers (as the reader's `transform`), so the training step only sees the
 result: masked inputs, the flat indices of the target positions and their original tokens.
 """
@@ -15,6 +19,7 @@ import torch
 from data_pipeline.errors import UserError
 
 IGNORE_INDEX = -100
+MAX_SPAN = 10  # SpanBERT's clip on span lengths
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,9 @@ class MaskingConfig:
     replace_with_mask: float = 0.8  # of the targets: replaced by [MASK]
     replace_with_random: float = 0.1  # of the targets: replaced by a random non-special token
     whole_word: bool = False  # choose whole words (all their pieces), not single pieces
+    mask_rate_final: float = 0.0  # > 0: mask_rate decays linearly to this rate ...
+    mask_rate_decay_samples: int = 0  # ... over this many samples (steps x data.batch_size x ranks)
+    span_length: float = 0.0  # > 0: mask spans of mean length this (geometric, at most MAX_SPAN tokens)
 
     def validate(self) -> None:
         if not 0.0 < self.mask_rate < 1.0:
@@ -33,6 +41,23 @@ class MaskingConfig:
                 self.replace_with_mask + self.replace_with_random > 1.0:
             raise UserError("objective.replace_with_mask + objective.replace_with_random must be in [0, 1] "
                             "(the rest of the targets keep their token); BERT uses 0.8 and 0.1")
+        if self.mask_rate_final and not (0.0 < self.mask_rate_final < 1.0 and self.mask_rate_decay_samples > 0):
+            raise UserError(f"objective.mask_rate_final={self.mask_rate_final} must be in (0, 1) with "
+                            f"objective.mask_rate_decay_samples > 0 (got {self.mask_rate_decay_samples}); "
+                            "0 keeps the rate constant")
+        if self.span_length and not 1.0 <= self.span_length <= MAX_SPAN:
+            raise UserError(f"objective.span_length={self.span_length} must be in [1, {MAX_SPAN}] (SpanBERT's mean "
+                            "is 3.8); 0 masks single tokens")
+        if self.span_length and self.whole_word:
+            raise UserError("objective.span_length and objective.whole_word are two ways to choose targets: "
+                            "set one of them")
+
+    def rate_at(self, cursor: int) -> float:
+        """The mask rate of the global batch that ends at sample position `cursor`."""
+        if not self.mask_rate_final:
+            return self.mask_rate
+        progress = min(1.0, cursor / self.mask_rate_decay_samples)
+        return self.mask_rate + (self.mask_rate_final - self.mask_rate) * progress
 
 
 class TokenMasker:
@@ -59,12 +84,14 @@ class TokenMasker:
         """The generator for one sample: a pure function of (seed, epoch, sample)."""
         return np.random.default_rng([self.seed, epoch, sample_id])
 
-    def choose_targets(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Sorted positions to predict: mask_rate of the non-special tokens, at least one if any."""
+    def choose_targets(self, tokens: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
+        """Sorted positions to predict: `rate` of the non-special tokens, at least one if any."""
         candidates = np.flatnonzero(~self.is_special[tokens])
         if candidates.size == 0:
             return candidates
-        budget = max(1, int(round(self.cfg.mask_rate * candidates.size)))
+        budget = max(1, int(round(rate * candidates.size)))
+        if self.cfg.span_length:
+            return candidates[self.choose_spans(candidates.size, budget, rng)]
         if self.word_starts is None:
             return np.sort(rng.choice(candidates, size=budget, replace=False))
         # Whole words: a word is a run of candidates that starts at a word start; take words in a random
@@ -82,10 +109,25 @@ class TokenMasker:
                 break
         return candidates[np.isin(word_of, chosen_words)]
 
-    def mask_sample(self, tokens: np.ndarray, epoch: int, sample_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (corrupted tokens, target positions) for one sample."""
+    def choose_spans(self, size: int, budget: int, rng: np.random.Generator) -> np.ndarray:
+        """Sorted indices into `size` candidates: spans of geometric length (mean span_length, clipped to
+        MAX_SPAN) at random starts, until `budget` are chosen (the last span is cut to fit)."""
+        chosen = np.zeros(size, dtype=bool)
+        taken = 0
+        while taken < budget:
+            length = min(int(rng.geometric(1.0 / self.cfg.span_length)), MAX_SPAN, budget - taken)
+            start = int(rng.integers(size))
+            span = chosen[start:start + length]
+            taken += int((~span).sum())
+            span[:] = True
+        return np.flatnonzero(chosen)
+
+    def mask_sample(self, tokens: np.ndarray, epoch: int, sample_id: int,
+                    rate: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (corrupted tokens, target positions) for one sample, `rate` of it masked (default: the
+        configured initial rate)."""
         rng = self.sample_rng(epoch, sample_id)
-        targets = self.choose_targets(tokens, rng)
+        targets = self.choose_targets(tokens, rng, self.cfg.mask_rate if rate is None else rate)
         corrupted = tokens.copy()
         roll = rng.random(targets.size)
         to_mask = roll < self.cfg.replace_with_mask
@@ -99,11 +141,12 @@ class TokenMasker:
         """Reader transform: adds `inputs`, `target_index` (flat into [B*T]) and `targets`."""
         tokens = batch["tokens"].numpy()
         seq_len = tokens.shape[1]
+        rate = self.cfg.rate_at(int(batch["cursor"]))
         inputs = np.empty_like(tokens)
         flat_index = []
         for row, (sample, epoch, sample_id) in enumerate(
                 zip(tokens, batch["epoch"].tolist(), batch["sample_ids"].tolist())):
-            inputs[row], positions = self.mask_sample(sample, epoch, sample_id)
+            inputs[row], positions = self.mask_sample(sample, epoch, sample_id, rate)
             flat_index.append(positions + row * seq_len)
         target_index = np.concatenate(flat_index) if flat_index else np.empty(0, dtype=np.int64)
         batch = dict(batch)

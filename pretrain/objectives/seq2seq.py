@@ -46,6 +46,13 @@ class Seq2Seq(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         left, right = batch["left"], batch["right"]
+        logits, targets = self.teacher_forced_logits(left, right)
+        out = token_cross_entropy(logits, targets)
+        out["tokens"] = left.numel() + targets.numel()
+        return out
+
+    def teacher_forced_logits(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder logits [B, T + 1, V], targets [B, T + 1]) of responses `right` given contexts `left`."""
         max_len = self.encoder.cfg.max_len
         if right.shape[1] >= max_len:
             raise UserError(f"responses of {right.shape[1]} tokens plus the start token exceed model.max_len="
@@ -53,9 +60,31 @@ class Seq2Seq(nn.Module):
         source_mask = left != self.pad_id
         memory = self.encoder(left, padding_mask=source_mask)
         inputs, targets = teacher_forcing(right, self.pad_id, self.start_id, self.end_id)
-        out = token_cross_entropy(self.decoder.logits(self.decoder(inputs, memory, source_mask)), targets)
-        out["tokens"] = left.numel() + inputs.numel()
-        return out
+        return self.decoder.logits(self.decoder(inputs, memory, source_mask)), targets
+
+    def score(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """log p(response + end | context) per pair [B]: contexts and responses padded with pad_id."""
+        logits, targets = self.teacher_forced_logits(left, right)
+        log_probs = logits.float().log_softmax(-1)
+        picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked.masked_fill(targets == IGNORE_INDEX, 0.0).sum(1)
+
+    @torch.no_grad()
+    def generate(self, left: torch.Tensor, max_tokens: int) -> torch.Tensor:
+        """Greedy responses [B, <= max_tokens] to contexts `left`: the most likely token at each step, up to
+        the end token (excluded); finished rows are padded with pad_id."""
+        max_tokens = min(max_tokens, self.encoder.cfg.max_len - 1)
+        source_mask = left != self.pad_id
+        memory = self.encoder(left, padding_mask=source_mask)
+        tokens = torch.full_like(left[:, :1], self.start_id)
+        done = torch.zeros(left.shape[0], dtype=torch.bool, device=left.device)
+        for _ in range(max_tokens):
+            best = self.decoder.logits(self.decoder(tokens, memory, source_mask)[:, -1]).argmax(-1)
+            done |= best == self.end_id
+            tokens = torch.cat([tokens, best.masked_fill(done, self.pad_id)[:, None]], dim=1)
+            if done.all():
+                break
+        return tokens[:, 1:]
 
     def flops_per_token(self, seq_len: int) -> float:
         """Matmul FLOPs per token for contexts and responses of `seq_len` tokens each, averaged over the two
@@ -68,6 +97,6 @@ class Seq2Seq(nn.Module):
         decoder = flops_per_token(cfg, seq_len) + cross
         return (encoder + decoder) / 2
 
-    def export_model(self) -> TransformerLM:
-        """The encoder, with the shared embeddings (the decoder stays in the training checkpoint)."""
-        return self.encoder
+    def export_model(self) -> Seq2Seq:
+        """The whole encoder-decoder."""
+        return self

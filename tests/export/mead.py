@@ -14,3 +14,6 @@ lm = importlib.import_module("baseline.pytorch.lm.model")
 embeddings = importlib.import_module("eight_mile.pytorch.embeddings")
 layers = importlib.import_module("eight_mile.pytorch.layers")
 serialize = importlib.import_module("eight_mile.pytorch.serialize")
+seq2seq_encoders = importlib.import_module("baseline.pytorch.seq2seq.encoders")  # registers mead's transformer
+seq2seq_decoders = importlib.import_module("baseline.pytorch.seq2seq.decoders")  # encoder and decoder
+seq2seq = importlib.import_module("baseline.pytorch.seq2seq.model")

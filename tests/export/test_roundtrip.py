@@ -23,6 +23,10 @@ VARIANTS = [
     dict(embeddings="none", rpr_k=3, rpr_values=True, norm="pre"),
 ]
 FILES = {"npz": "model.npz", "torch": "model.pt"}
+MODERNBERT = dict(embeddings="none", rope=True, rope_local_theta=100.0, ffn="geglu", bias=False, norm="pre",
+                  first_attn_norm=False, global_every=2, local_window=4, head_transform=True, output_bias=True)
+LLAMA = dict(embeddings="none", embeddings_layer_norm=False, rope=True, ffn="swiglu", bias=False, norm="pre",
+             norm_layer="rmsnorm", document_mask=True)
 
 
 def logits(model: TransformerLM, tokens: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -40,6 +44,24 @@ def test_reloaded_export_gives_bit_identical_logits(fmt, variant, vocab_spec, tm
     assert loaded.cfg == model.cfg
     assert torch.equal(logits(loaded.eval(), tokens), logits(model, tokens))
     assert torch.equal(logits(loaded, tokens, causal=True), logits(model, tokens, causal=True))
+
+
+@pytest.mark.parametrize("variant", [MODERNBERT, LLAMA], ids=["modernbert", "llama"])
+def test_modern_model_reloads_from_torch_with_bit_identical_logits(variant, vocab_spec, tmp_path):
+    model = random_model(**variant)
+    loaded, _ = load_pretrained(export_model(model, vocab_spec, tmp_path, ["torch"])["torch"])
+    tokens = token_batch()
+    assert loaded.cfg == model.cfg
+    assert torch.equal(logits(loaded.eval(), tokens), logits(model, tokens))
+
+
+@pytest.mark.parametrize("setting,value", [("rope", True), ("ffn", "swiglu"), ("norm_layer", "rmsnorm"),
+                                           ("bias", False), ("global_every", 3)])
+def test_npz_of_a_model_mead_cannot_express_is_refused_naming_the_setting(setting, value, vocab_spec, tmp_path):
+    with pytest.raises(UserError, match=f"model.{setting}=") as error:
+        export_model(random_model(**{setting: value}), vocab_spec, tmp_path / "out", ["npz", "torch"])
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_export_directory_loads_and_prefers_the_torch_file(vocab_spec, tmp_path):

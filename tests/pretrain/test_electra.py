@@ -118,10 +118,9 @@ def test_no_gradient_flows_through_the_sample():
     assert model.discriminator.encoder.embeddings.word.weight.grad is not None
 
 
-def test_export_is_the_discriminator():
+def test_export_is_the_whole_model():
     model = electra()
-    assert model.export_model() is model.discriminator
-    assert isinstance(model.export_model(), TransformerLM)
+    assert model.export_model() is model
 
 
 def test_bad_recipe_values_are_config_errors():

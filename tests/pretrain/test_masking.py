@@ -89,3 +89,38 @@ def test_bad_rates_are_one_line_user_errors():
         masker(mask_rate=1.5)
     with pytest.raises(UserError, match="replace_with_mask"):
         masker(replace_with_mask=0.9, replace_with_random=0.2)
+
+
+def target_fraction(batch: dict) -> float:
+    return batch["target_index"].numel() / (~np.isin(batch["tokens"].numpy(), list(SPECIALS))).sum()
+
+
+def test_mask_rate_decays_linearly_with_the_global_cursor():
+    cfg = MaskingConfig(mask_rate=0.3, mask_rate_final=0.15, mask_rate_decay_samples=1000)
+    assert [cfg.rate_at(c) for c in (0, 500, 1000, 5000)] == pytest.approx([0.3, 0.225, 0.15, 0.15])
+    m = TokenMasker(cfg, seed=7, vocab_size=VOCAB, mask_id=MASK_ID, special_ids=SPECIALS)
+    for cursor, rate in ((0, 0.3), (1000, 0.15)):
+        assert target_fraction(m(dict(make_batch(rows=64), cursor=cursor))) == pytest.approx(rate, abs=0.005)
+
+
+def test_span_masking_chooses_contiguous_spans_at_the_mask_rate():
+    batch = masker(span_length=3.8)(make_batch(rows=64))
+    assert target_fraction(batch) == pytest.approx(0.15, abs=0.005)
+    positions = batch["target_index"].numpy()
+    runs = np.split(positions, np.flatnonzero(np.diff(positions) != 1) + 1)
+    assert 2.5 < np.mean([len(run) for run in runs]) <= 10  # single-token masking gives ~1.2
+    single = masker()(make_batch(rows=64))["target_index"].numpy()
+    assert np.mean([len(r) for r in np.split(single, np.flatnonzero(np.diff(single) != 1) + 1)]) < 1.5
+
+
+def test_span_masks_depend_only_on_seed_epoch_and_sample():
+    full, tail = masker(span_length=3.0)(make_batch(rows=8)), make_batch(rows=8)
+    part = masker(span_length=3.0)({key: value[4:] if key != "cursor" else value for key, value in tail.items()})
+    assert torch.equal(part["inputs"], full["inputs"][4:])
+
+
+@pytest.mark.parametrize("bad", [dict(mask_rate_final=0.15), dict(span_length=0.5),
+                                 dict(span_length=3.0, whole_word=True)])
+def test_invalid_schedule_or_span_settings_are_user_errors(bad):
+    with pytest.raises(UserError):
+        MaskingConfig(**bad).validate()

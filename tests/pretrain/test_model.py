@@ -176,7 +176,8 @@ def test_token_type_bias_starts_like_hf_bert_token_type_row():
     assert abs(bias.std().item() - 0.02) < 0.003 and abs(bias.mean().item()) < 0.004
 
 
-@pytest.mark.parametrize("variant", [{}, {"rpr_k": 2}, {"rpr_k": 2, "rpr_values": True}, {"head_transform": True}],
+@pytest.mark.parametrize("variant", [{}, {"rpr_k": 2}, {"rpr_k": 2, "rpr_values": True}, {"head_transform": True},
+                                     {"ffn": "swiglu", "rope": True, "global_every": 2, "local_window": 4}],
                          ids=str)
 def test_flops_per_token_equals_counted_training_matmuls(variant):
     """MLM-style step: every position through the encoder, only 5 of them through the output projection.

@@ -28,6 +28,7 @@ from tests.pretrain.processes import (
 from tests.pretrain.sample_data import build_sample_data
 
 SEP, PAD = 3, 0
+PRESETS = {"bert": "configs/tiny_dual_encoder.yaml", "modern": "configs/tiny_modern_dual_encoder.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,11 @@ def sample_data(tmp_path_factory) -> dict[str, Path]:
     return build_sample_data(tmp_path_factory.mktemp("sample"))
 
 
-def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str, paired: bool = True) -> list[str]:
+def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str, paired: bool = True,
+              preset: str = "bert") -> list[str]:
     """A 1-layer, 32-wide model on short sides: a few steps take well under a second each on one core."""
     kind = "paired_" if paired else ""
-    return ["--config", str(REPO / "configs/tiny_dual_encoder.yaml"), "data.sample.dir=''",
+    return ["--config", str(REPO / PRESETS[preset]), "data.sample.dir=''",
             f"data.train=[{data[kind + 'train']}]", f"data.valid=[{data[kind + 'valid']}]",
             f"data.tokenizer.vocab={data['vocab']}", "data.nctx=24",
             "data.batch_size=8", "model.d_model=32", "model.num_heads=2", "model.layers=1", "model.d_ff=64",
@@ -83,8 +85,9 @@ def test_nsp_pairs_depend_only_on_seed_epoch_and_sample():
 
 # -- training -------------------------------------------------------------------------------------------
 
-def test_dual_encoder_learns_to_retrieve_responses(sample_data, tmp_path):
-    result = run_recipe(RECIPE, tiny_args(sample_data, tmp_path, "train.max_steps=80"))
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dual_encoder_learns_to_retrieve_responses(sample_data, tmp_path, preset):
+    result = run_recipe(RECIPE, tiny_args(sample_data, tmp_path, "train.max_steps=80", preset=preset))
     assert result.completed
     # Untrained (or collapsed onto one encoding) the in-batch loss is log(8): each context's response is one
     # of 8 equally likely ones.
@@ -92,8 +95,10 @@ def test_dual_encoder_learns_to_retrieve_responses(sample_data, tmp_path):
     assert 0.0 <= result.valid["recall@1"] <= 1.0
 
 
-def test_seq2seq_learns_to_generate_responses(sample_data, tmp_path):
-    result = run_recipe(RECIPE, tiny_args(sample_data, tmp_path, "objective.name=seq2seq", "train.max_steps=40"))
+@pytest.mark.parametrize("preset", PRESETS)
+def test_seq2seq_learns_to_generate_responses(sample_data, tmp_path, preset):
+    result = run_recipe(RECIPE, tiny_args(sample_data, tmp_path, "objective.name=seq2seq", "train.max_steps=40",
+                                          preset=preset))
     # Untrained, the loss is about log(V) (1000 ids); validation reports perplexity.
     assert result.train["lm"] < 0.9 * math.log(1000)
     assert result.valid["lm_ppl"] == pytest.approx(math.exp(result.valid["lm"]))

@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from data_pipeline.sample_corpus import prepare_sample_data
+from data_pipeline.tokenizer import load_tokenizer
+from export import load_pretrained
 from pretrain.checkpoint import checkpoint_path, list_checkpoints
 from pretrain.run import run_recipe
 from pretrain.tlm import RECIPE
@@ -31,7 +34,10 @@ from tests.pretrain.processes import (REPO, assert_same_params, final_params, fi
                                       start)
 
 SAMPLE_VOCAB = 2000
-CONFIGS = {"mlm": "configs/tiny_mlm.yaml", "clm": "configs/tiny_clm.yaml"}
+CONFIGS = {"mlm": "configs/tiny_mlm.yaml", "clm": "configs/tiny_clm.yaml",
+           "modernbert": "configs/tiny_modernbert_mlm.yaml", "llama": "configs/tiny_llama_clm.yaml"}
+# The modern MLM keeps three layers so that a sliding-window layer (8 tokens) sits between global ones.
+SHAPE = {"modernbert": ("model.layers=3", "model.local_window=8")}
 TINY = ("model.d_model=32", "model.num_heads=2", "model.layers=1", "model.d_ff=64", "model.max_len=32",
         "data.nctx=32", "data.batch_size=8", "optim.lr=3e-3", "optim.warmup_steps=10", "train.num_workers=0",
         "train.tensorboard=false", "train.log_every=1000", "train.eval_every=0", "train.eval_batches=8",
@@ -56,7 +62,8 @@ def sample(tmp_path_factory) -> SampleData:
 def tlm_args(objective: str, sample_dir: Path, run_dir: Path, *overrides: str) -> list[str]:
     """Arguments of a tiny run of the shipped config for `objective`; later overrides win."""
     return ["--config", str(REPO / CONFIGS[objective]), f"data.sample.dir={sample_dir}",
-            f"data.sample.vocab_size={SAMPLE_VOCAB}", f"train.run_dir={run_dir}", *TINY, *overrides]
+            f"data.sample.vocab_size={SAMPLE_VOCAB}", f"train.run_dir={run_dir}", *TINY,
+            *SHAPE.get(objective, ()), *overrides]
 
 
 def train_in_process(argv: list[str]) -> TrainResult:
@@ -140,6 +147,18 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_optimizer_state(sampl
     fp32_state = torch.load(runs["fp32"].checkpoint, weights_only=True)
     assert any(not torch.equal(value, fp32_state["objective"][name]) for name, value in state["objective"].items())
 
+@pytest.mark.parametrize("trained,auto_class", [("modernbert", "AutoModelForMaskedLM"),
+                                               ("llama", "AutoModelForCausalLM")], indirect=["trained"])
+def test_modern_presets_export_hf_models_that_give_the_trained_logits(trained, auto_class):
+    _, run_dir = trained
+    ours, spec = load_pretrained(run_dir / "export" / "model.pt")
+    hf = getattr(transformers, auto_class).from_pretrained(run_dir / "export" / "hf").eval()
+    tokens = torch.tensor([load_tokenizer(spec).encode("Return the number of items in a container.")])
+    with torch.no_grad():
+        theirs = hf(input_ids=tokens).logits
+        mine = ours.eval().logits(ours(tokens, causal=auto_class.endswith("CausalLM")))
+    torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
+
 
 # -- tokenizers and input formats -------------------------------------------------------------------------
 
@@ -160,25 +179,27 @@ def test_raw_text_mode_trains_on_the_sample_text_files(sample, tmp_path):
 
 # -- processes ---------------------------------------------------------------------------------------------
 
-def test_two_ranks_train_the_parameters_of_one_rank_with_the_same_global_batch(sample, tmp_path):
+@pytest.mark.parametrize("preset", ["mlm", "modernbert"])
+def test_two_ranks_train_the_parameters_of_one_rank_with_the_same_global_batch(sample, tmp_path, preset):
     # Masking is seeded per sample and the loss is normalised by the global target count, so 2 ranks x 4
     # and 1 rank x 8 differ only in the order of float sums.
     same = ("train.max_steps=4", "model.dropout=0.0")
-    one = start(tlm_command(tlm_args("mlm", sample.dir, tmp_path / "one", *same, "data.batch_size=8")))
+    one = start(tlm_command(tlm_args(preset, sample.dir, tmp_path / "one", *same, "data.batch_size=8")))
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]
-    two = start([*torchrun, *tlm_command(tlm_args("mlm", sample.dir, tmp_path / "two", *same, "data.batch_size=4"))])
+    two = start([*torchrun, *tlm_command(tlm_args(preset, sample.dir, tmp_path / "two", *same, "data.batch_size=4"))])
     succeed([one, two])
     assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"), atol=1e-6)
 
 
-def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterrupted_run(sample, tmp_path):
+@pytest.mark.parametrize("preset", ["mlm", "modernbert"])
+def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterrupted_run(sample, tmp_path, preset):
     # Dropout and a DataLoader worker: the resumed run must restore the RNGs and the reader's position.
     # The kill lands at the first checkpoint (step 5) or a few steps later, far from the end.
     steps = 100
 
     def args(name: str) -> list[str]:
-        return tlm_command(tlm_args("mlm", sample.dir, tmp_path / name, f"train.max_steps={steps}",
+        return tlm_command(tlm_args(preset, sample.dir, tmp_path / name, f"train.max_steps={steps}",
                             "train.checkpoint_every=5", "model.dropout=0.1", "train.num_workers=1"))
 
     reference = start(args("reference"))
