@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{PROG} preprocess 'corpus/*.txt.gz' --out shards/train --tokenizer wordpiece "
                    f"--vocab vocab/vocab.txt")
     _add_input_options(cmd)
-    cmd.add_argument("--out", type=Path, required=True, help="new (or empty) directory for the shards")
+    cmd.add_argument("--out", required=True,
+                     help="new (or empty) directory, or object-store URI (s3://bucket/prefix), for the shards")
     _add_tokenizer_options(cmd, required=True)
     cmd.add_argument("--paired", action="store_true", help="lines are left<TAB>right pairs")
     cmd.add_argument("--processes", type=_positive_int, help="tokenizing processes (default: all CPUs)")

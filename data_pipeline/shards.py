@@ -106,6 +106,11 @@ def _header_path(prefix: Path) -> Path:
     return Path(f"{prefix}.json")
 
 
+def shard_files(prefix: Path, streams: Sequence[str]) -> list[Path]:
+    """Every file of a shard, data files first and the header (its commit point) last."""
+    return [path for stream in streams for path in _stream_paths(prefix, stream)] + [_header_path(prefix)]
+
+
 def _tmp(path: Path) -> Path:
     return Path(f"{path}.tmp")
 
