@@ -39,6 +39,8 @@ def join(uri: str, *parts: str) -> str:
 
 def _filesystem(uri: str) -> tuple[Any, str]:
     import fsspec  # imported here so local-only use never needs it
+    for chatty in ("botocore", "aiobotocore", "s3fs", "gcsfs"):  # "found credentials in ..." on every start
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return fsspec.core.url_to_fs(uri)
     except ImportError as err:
@@ -97,6 +99,14 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def read_range(uri: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of the object at `uri` (one ranged GET)."""
+    def action() -> bytes:
+        fs, path = _filesystem(uri)
+        return fs.cat_file(path, start=start, end=end)
+    return with_retries(uri, "read", action)
+
+
 def read_bytes(uri: str) -> bytes:
     """The whole object at `uri`."""
     def action() -> bytes:
@@ -127,7 +137,12 @@ def list_names(uri: str) -> list[str]:
         try:
             return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
         except FileNotFoundError:
-            fs.ls(path.split("/", 1)[0], detail=False, refresh=True)  # a missing bucket is an error
+            bucket = path.split("/", 1)[0]
+            try:
+                fs.ls(bucket, detail=False, refresh=True)
+            except FileNotFoundError:
+                raise DataError(f"{uri}: bucket {bucket!r} does not exist: check the URI, or create the "
+                                f"bucket") from None
             return []
     return with_retries(uri, "list", action)
 

@@ -102,14 +102,13 @@ class _ShardSet:
         self._touched.clear()
 
     def shards_of(self, samples: np.ndarray) -> set[int]:
-        """The shards that reading `samples` touches (what the prefetcher fetches and the cache keeps)."""
-        first, last = self._unit_range(samples)
-        lo = np.searchsorted(self.starts, first, side="right") - 1
-        hi = np.searchsorted(self.starts, last, side="right") - 1
-        return {i for a, b in zip(lo.tolist(), hi.tolist()) for i in range(a, b + 1)}
+        """The whole shards that reading `samples` needs (what the prefetcher fetches and the cache keeps):
+        a sample's own shard, and the next ones only when it reaches past the next shard's head."""
+        return set((np.searchsorted(self.starts, samples, side="right") - 1).tolist())
 
-    def _unit_range(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return samples, samples
+    def block_sizes(self) -> np.ndarray:
+        """Samples per shard, in shard order: the blocks of the streaming order."""
+        return np.diff(self.starts)
 
 
 class _PackedText(_ShardSet):
@@ -121,17 +120,30 @@ class _PackedText(_ShardSet):
         self.starts = np.cumsum([0] + [h.num_tokens["text"] for h in self.headers]).tolist()
         self.num_samples = self.starts[-1] // nctx
 
-    def _unit_range(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return samples * self.nctx, (samples + 1) * self.nctx - 1
+    def shards_of(self, samples: np.ndarray) -> set[int]:
+        first = np.searchsorted(self.starts, samples * self.nctx, side="right") - 1
+        last = np.searchsorted(self.starts, (samples + 1) * self.nctx - 1, side="right") - 1
+        ends_in_head = (last == first + 1) & ((samples + 1) * self.nctx - np.take(self.starts, last)
+                                              <= self.store.head_tokens)
+        return {i for a, b, head in zip(first.tolist(), last.tolist(), ends_in_head.tolist())
+                for i in range(a, a + 1 if head else b + 1)}
+
+    def block_sizes(self) -> np.ndarray:
+        """Samples per shard: those that start in it (the last one may run into the next shard)."""
+        first_sample = -(-np.asarray(self.starts, dtype=np.int64) // self.nctx)
+        return np.diff(np.minimum(first_sample, self.num_samples))
 
     def read_block(self, sample: int, out: np.ndarray) -> None:
-        """Copy block `sample` into `out` (length nctx), across shard boundaries if need be."""
+        """Copy block `sample` into `out` (length nctx), across shard boundaries if need be; the part in a
+        following shard comes from that shard's head when the store has one."""
         start, filled = sample * self.nctx, 0
         index = bisect_right(self.starts, start) - 1
         while filled < self.nctx:
             local = start + filled - self.starts[index]
             take = min(self.nctx - filled, self.starts[index + 1] - self.starts[index] - local)
-            out[filled:filled + take] = self._shard(index).tokens("text")[local:local + take]
+            head = self.store.head(index, "text") if filled and take <= self.store.head_tokens else None
+            tokens = head if head is not None else self._shard(index).tokens("text")
+            out[filled:filled + take] = tokens[local:local + take]
             filled += take
             index += 1
 
@@ -227,10 +239,9 @@ class ShardedDataset(IterableDataset):
             raise UserError(f"data.shuffle_window={window_shards}: use 1 or more shards")
         partitions = partitions or self.world_size
         chunk = StreamOrder.check_world(partitions, self.world_size, self.batch_size * self.world_size)
-        n = self._mixture.total
-        block = max(1, n // sum(len(s.headers) for s in self.sources))
-        return StreamOrder(n, block=block, window=window_shards * block, partitions=partitions, chunk=chunk,
-                           seed=self.seed)
+        blocks = np.concatenate([s.block_sizes() for s in self.sources])
+        window = window_shards * max(1, self._mixture.total // len(blocks))
+        return StreamOrder(blocks, window=window, partitions=partitions, chunk=chunk, seed=self.seed)
 
     @property
     def preprocessing_stats(self) -> dict[str, int]:

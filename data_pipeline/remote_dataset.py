@@ -7,6 +7,7 @@ take shard sizes from the manifest (nothing else is fetched up front) and verify
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from data_pipeline.shards import ShardHeader, shard_files
 
 MANIFEST_NAME = "dataset.json"
 MANIFEST_VERSION = 1
+HEAD_BYTES = 1 << 16  # a file's head has its own digest: an LM block that runs into a shard reads only that
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class RemoteFile:
     name: str
     size: int
     sha256: str
+    head_sha256: str  # of the first min(size, HEAD_BYTES) bytes
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ def _parse(text: str, uri: str) -> list[RemoteShard]:
                             f"{MANIFEST_VERSION}: re-run preprocess")
         shards = [RemoteShard(name=str(s["name"]),
                               header=ShardHeader.from_json(json.dumps(s["header"]), Path(uri)),
-                              files=tuple(RemoteFile(str(f["name"]), int(f["size"]), str(f["sha256"]))
-                                          for f in s["files"]))
+                              files=tuple(RemoteFile(str(f["name"]), int(f["size"]), str(f["sha256"]),
+                                                         str(f["head_sha256"])) for f in s["files"]))
                   for s in raw["shards"]]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{uri}: not a valid dataset manifest ({err}): re-run preprocess") from None
@@ -65,6 +68,7 @@ def read_manifest(dataset_uri: str) -> list[RemoteShard]:
     except DataError as err:
         if "not found" not in str(err):
             raise
+        object_store.list_names(dataset_uri)  # a missing bucket says so
         raise DataError(f"{dataset_uri}: no {MANIFEST_NAME} (not a preprocessed dataset, or its upload did not "
                         f"finish): check the URI or run `python -m data_pipeline preprocess --out "
                         f"{dataset_uri}`") from None
@@ -87,7 +91,9 @@ class DatasetUpload:
         files = []
         for path in shard_files(prefix, header.streams):
             size, sha = object_store.upload_verified(path, object_store.join(self.uri, path.name))
-            files.append({"name": path.name, "size": size, "sha256": sha})
+            with open(path, "rb") as handle:
+                head = hashlib.sha256(handle.read(HEAD_BYTES)).hexdigest()
+            files.append({"name": path.name, "size": size, "sha256": sha, "head_sha256": head})
         for path in shard_files(prefix, header.streams):
             path.unlink()
         self._entries.append({"name": prefix.name, "header": json.loads(header.to_json()), "files": files})

@@ -70,7 +70,7 @@ class ShardCache:
             return sum(size for _, size in self._entries().values())
 
     def fetch_log(self) -> list[tuple[str, int]]:
-        """(key, bytes) of every download into this cache, oldest first (for benchmarks and tests)."""
+        """(shard URI, bytes) of every download into this cache, oldest first (for benchmarks and tests)."""
         path = self.directory / _FETCH_LOG
         lines = path.read_text(encoding="utf-8").split() if path.exists() else []
         return [(key, int(size)) for key, size in zip(lines[::2], lines[1::2])]
@@ -113,7 +113,7 @@ class ShardCache:
                               remote.sha256)
         (target / _VERIFIED).touch()
         with open(self.directory / _FETCH_LOG, "a", encoding="utf-8") as log_file:
-            log_file.write(f"{item.key} {item.shard.size}\n")
+            log_file.write(f"{join(item.dataset_uri, item.shard.name)} {item.shard.size}\n")
 
     def open(self, item: CachedShard, keep_now: Collection[str], keep_soon: Collection[str]) -> Shard:
         """The shard, downloaded and verified if not cached, memory-mapped; evicts to stay under the limit."""

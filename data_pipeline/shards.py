@@ -43,6 +43,11 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 65535 else "uint32"
 
 
+def token_array_dtype(name: str) -> np.dtype:
+    """The little-endian numpy dtype of a header's `dtype` ("uint16" or "uint32")."""
+    return _TOKEN_DTYPES[name]
+
+
 def shard_prefix(directory: Path, index: int) -> Path:
     """The prefix of the `index`-th shard of a preprocessed dataset directory."""
     return Path(directory) / f"shard-{index:05d}"

@@ -3,8 +3,9 @@
 The uniform order sends every rank to nearly every shard in random order, which no bounded cache can
 serve. This order keeps each rank on its own shards and each moment on a few of them:
 
-1. Blocks. Samples are cut into blocks of `block` consecutive samples (about one shard); the full blocks
-   are permuted per (seed, epoch) and the short remainder stays last. This is the shuffled stream.
+1. Blocks. Samples come in blocks of consecutive samples, one per shard (the samples that start in it);
+   the blocks are permuted per (seed, epoch) and concatenated: the shuffled stream. This takes a table
+   of one offset per block per epoch (8 bytes per shard), built once per epoch in O(shards).
 2. Canonical partitions. The shuffled stream is split into `partitions` contiguous, balanced parts
    (sizes differ by at most one). Within a part, samples are shuffled inside windows of `window`
    consecutive samples (a few blocks), so at any moment a part reads from about window/block + 2 shards.
@@ -15,8 +16,9 @@ serve. This order keeps each rank on its own shards and each moment on a few of 
    are read in part order at the start of the epoch (to realign epoch and global-batch boundaries when N
    is not a multiple of G) and at its end; only they cross ranks.
 
-Everything depends on (seed, epoch, N, block, window, partitions, chunk), never on the world size, so a
-run resumes exactly at any W that divides `partitions` with the same global batch G.
+Everything depends on (seed, epoch, block sizes, window, partitions, chunk), never on the world size, so
+a run resumes exactly at any W that divides `partitions` with the same global batch G. A batch costs
+O(B log shards) time.
 """
 from __future__ import annotations
 
@@ -32,11 +34,15 @@ _WINDOW_STREAM = 1 << 62
 class StreamOrder:
     """`order(epoch, index)` -> sample ids of epoch positions `index`; see the module docstring."""
 
-    def __init__(self, n: int, *, block: int, window: int, partitions: int, chunk: int, seed: int) -> None:
-        if min(n, block, window, partitions, chunk) < 1:
-            raise ValueError(f"every size must be >= 1: n={n} block={block} window={window} "
-                             f"partitions={partitions} chunk={chunk}")
-        self.n, self.block, self.window = n, block, window
+    def __init__(self, block_sizes: np.ndarray, *, window: int, partitions: int, chunk: int, seed: int) -> None:
+        self.block_sizes = np.asarray(block_sizes, dtype=np.int64)
+        n = int(self.block_sizes.sum())
+        if min(n, window, partitions, chunk) < 1 or self.block_sizes.min() < 0:
+            raise ValueError(f"every size must be >= 1: n={n} window={window} partitions={partitions} "
+                             f"chunk={chunk}")
+        self.n, self.window = n, window
+        self.block_starts = np.concatenate([[0], np.cumsum(self.block_sizes)[:-1]])
+        self._epoch_table: tuple[int, np.ndarray, np.ndarray] | None = None
         self.partitions, self.chunk, self.seed = partitions, chunk, seed
         self.global_batch = partitions * chunk
         self.part_size, self.longer_parts = divmod(n, partitions)
@@ -96,12 +102,17 @@ class StreamOrder:
             out[same] = w * self.window + permute(local[same] - w * self.window)
         return out
 
+    def _shuffled_blocks(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(block at each slot of the shuffled stream, stream offset of each slot) for one epoch."""
+        if self._epoch_table is None or self._epoch_table[0] != epoch:
+            order = KeyedPermutation(len(self.block_sizes), self.seed, epoch, _BLOCK_STREAM)(
+                np.arange(len(self.block_sizes)))
+            offsets = np.concatenate([[0], np.cumsum(self.block_sizes[order])[:-1]])
+            self._epoch_table = (epoch, order, offsets)
+        return self._epoch_table[1], self._epoch_table[2]
+
     def _unblock(self, epoch: int, stream: np.ndarray) -> np.ndarray:
-        """Sample ids of shuffled-stream positions: full blocks permuted, the remainder last."""
-        full = self.n // self.block
-        in_full = stream < full * self.block
-        out = stream.copy()
-        if full:
-            blocks = KeyedPermutation(full, self.seed, epoch, _BLOCK_STREAM)(stream[in_full] // self.block)
-            out[in_full] = blocks * self.block + stream[in_full] % self.block
-        return out
+        """Sample ids of shuffled-stream positions."""
+        order, offsets = self._shuffled_blocks(epoch)
+        slot = np.searchsorted(offsets, stream, side="right") - 1  # the last of equal offsets: never empty
+        return self.block_starts[order[slot]] + stream - offsets[slot]

@@ -24,10 +24,14 @@ def corpus(tmp_path):
     return tmp_path / "lm"
 
 
-@pytest.mark.parametrize("n,block,window,partitions,chunk",
-                         list(itertools.product([1, 7, 97, 1000], [1, 10], [3, 40], [1, 4], [1, 3, 8])))
-def test_every_epoch_is_a_permutation(n, block, window, partitions, chunk):
-    order = StreamOrder(n, block=block, window=window, partitions=partitions, chunk=chunk, seed=3)
+BLOCKS = {"one": [1], "uneven": [3, 0, 4], "even": [10] * 9 + [7], "many": [7, 0, 13, 1] * 30}
+
+
+@pytest.mark.parametrize("blocks,window,partitions,chunk",
+                         list(itertools.product(sorted(BLOCKS), [3, 40], [1, 4], [1, 3, 8])))
+def test_every_epoch_is_a_permutation(blocks, window, partitions, chunk):
+    order = StreamOrder(BLOCKS[blocks], window=window, partitions=partitions, chunk=chunk, seed=3)
+    n = sum(BLOCKS[blocks])
     epochs = [order(e, np.arange(n)).tolist() for e in range(3)]
     assert all(sorted(e) == list(range(n)) for e in epochs)
     assert n < 20 or epochs[0] != epochs[1]
@@ -35,7 +39,7 @@ def test_every_epoch_is_a_permutation(n, block, window, partitions, chunk):
 
 def test_the_order_is_a_pure_function_of_seed_and_epoch():
     def make(seed):
-        return StreamOrder(500, block=10, window=30, partitions=4, chunk=2, seed=seed)
+        return StreamOrder([10] * 50, window=30, partitions=4, chunk=2, seed=seed)
     assert make(1)(2, np.arange(500)).tolist() == make(1)(2, np.arange(500)).tolist()
     assert make(1)(2, np.arange(500)).tolist() != make(2)(2, np.arange(500)).tolist()
     assert make(1)(2, np.arange(100, 110)).tolist() == make(1)(2, np.arange(500))[100:110].tolist()
