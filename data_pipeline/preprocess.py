@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
+from data_pipeline.errors import UserError, describe_os_error
 from data_pipeline.shards import LM_STREAMS, PAIRED_STREAMS, ShardWriter, shard_prefix
 from data_pipeline.text_files import MAX_WARNINGS, LineCounts, iter_lines
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec, load_tokenizer
@@ -282,6 +282,9 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
+    except OSError as err:  # disk full, read-only, permissions: one line, and no partial shard set
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(describe_os_error(err, "use", err.filename or out_dir)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

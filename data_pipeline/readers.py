@@ -100,7 +100,8 @@ class _PackedText(_ShardSet):
         while filled < self.nctx:
             local = start + filled - self.starts[index]
             take = min(self.nctx - filled, self.starts[index + 1] - self.starts[index] - local)
-            out[filled:filled + take] = self._shard(index).tokens("text")[local:local + take]
+            shard = self._shard(index)
+            out[filled:filled + take] = shard.check_ids("text", shard.tokens("text")[local:local + take], local)
             filled += take
             index += 1
 
@@ -120,7 +121,8 @@ class _PairedDocs(_ShardSet):
 
         def cut(stream: str) -> np.ndarray:
             begin, end = shard.offsets(stream)[doc:doc + 2]
-            return np.array(shard.tokens(stream)[begin:min(end, begin + self.nctx)], dtype=np.int64)
+            ids = shard.check_ids(stream, shard.tokens(stream)[begin:min(end, begin + self.nctx)], int(begin))
+            return np.array(ids, dtype=np.int64)
         return cut("left"), cut("right")
 
 
