@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
+from data_pipeline.errors import UserError, describe_os_error
 from data_pipeline.object_store import is_uri, join
 from data_pipeline.remote_dataset import DatasetUpload
 from data_pipeline.shards import LM_STREAMS, PAIRED_STREAMS, ShardHeader, ShardWriter, shard_prefix
@@ -295,6 +295,9 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
             if out_dir.exists():
                 out_dir.rmdir()
             os.replace(staging, out_dir)
+    except OSError as err:  # disk full, read-only, permissions: one line, and no partial shard set
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(describe_os_error(err, "use", err.filename or out_dir)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

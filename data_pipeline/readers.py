@@ -142,8 +142,11 @@ class _PackedText(_ShardSet):
             local = start + filled - self.starts[index]
             take = min(self.nctx - filled, self.starts[index + 1] - self.starts[index] - local)
             head = self.store.head(index, "text") if filled and take <= self.store.head_tokens else None
-            tokens = head if head is not None else self._shard(index).tokens("text")
-            out[filled:filled + take] = tokens[local:local + take]
+            if head is not None:  # checked against the manifest's digest when fetched
+                out[filled:filled + take] = head[local:local + take]
+            else:
+                shard = self._shard(index)
+                out[filled:filled + take] = shard.check_ids("text", shard.tokens("text")[local:local + take], local)
             filled += take
             index += 1
 
@@ -163,7 +166,8 @@ class _PairedDocs(_ShardSet):
 
         def cut(stream: str) -> np.ndarray:
             begin, end = shard.offsets(stream)[doc:doc + 2]
-            return np.array(shard.tokens(stream)[begin:min(end, begin + self.nctx)], dtype=np.int64)
+            ids = shard.check_ids(stream, shard.tokens(stream)[begin:min(end, begin + self.nctx)], int(begin))
+            return np.array(ids, dtype=np.int64)
         return cut("left"), cut("right")
 
 

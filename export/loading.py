@@ -17,6 +17,7 @@ from export.manifest import Manifest, resolve_tokenizer
 from export.npz import read_npz
 from export.torch_format import read_torch
 from pretrain.checkpoint import load_module_state
+from pretrain.finite import first_non_finite
 from pretrain.model import TransformerLM
 
 # Settings that may differ between an export and the model initialised from it: they change training,
@@ -79,6 +80,10 @@ def init_from(model: TransformerLM, path: str | Path, expected_fingerprint: str 
     tokenizer), the same vocab. Any mismatch is one UserError naming the setting or key.
     """
     manifest, state, _, path = read_export(path)
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise UserError(f"init_from {path}: weight {bad!r} holds NaN or infinite values; start from an export "
+                        "of a run that did not diverge")
     ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(manifest.encoder_config())
     for name in ours:
         if name not in TRAINING_ONLY_SETTINGS and ours[name] != theirs[name]:
