@@ -20,6 +20,10 @@ from data_pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
+class ObjectNotFound(DataError):
+    """The object (or its bucket) does not exist."""
+
+
 RETRY_SECONDS = float(os.environ.get("PRETRAIN_OBJECT_STORE_RETRY_SECONDS", "60"))
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.25, 8.0
 _CHUNK = 8 << 20
@@ -79,7 +83,8 @@ def with_retries(uri: str, what: str, action: Callable[[], T]) -> T:
         except Exception as err:  # noqa: BLE001 - classified below; unknown errors are retried, then reported
             cause = _persistent_cause(err)
             if cause is not None:
-                raise DataError(f"{uri}: cannot {what}: {cause}") from None
+                error = ObjectNotFound if isinstance(err, FileNotFoundError) else DataError
+                raise error(f"{uri}: cannot {what}: {cause}") from None
             if time.monotonic() + delay > deadline:
                 raise DataError(f"{uri}: cannot {what} after retrying for {RETRY_SECONDS:.0f} s "
                                 f"({type(err).__name__}: {err}): check that the object store is "
@@ -123,11 +128,24 @@ def write_bytes(uri: str, data: bytes) -> None:
     with_retries(uri, "write", action)
 
 
-def exists(uri: str) -> bool:
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `data` at `uri` unless an object is there already (a conditional PUT); False if it was."""
     def action() -> bool:
         fs, path = _filesystem(uri)
-        return fs.exists(path)
-    return with_retries(uri, "look up", action)
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    return with_retries(uri, "create", action)
+
+
+def move(source: str, target: str) -> None:
+    """Copy `source` over `target` in the store, then delete `source`."""
+    def action() -> None:
+        fs, path = _filesystem(source)
+        fs.mv(path, _filesystem(target)[1])
+    with_retries(source, f"move to {target}", action)
 
 
 def list_names(uri: str) -> list[str]:

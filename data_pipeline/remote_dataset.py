@@ -65,9 +65,7 @@ def read_manifest(dataset_uri: str) -> list[RemoteShard]:
     uri = object_store.join(dataset_uri, MANIFEST_NAME)
     try:
         text = object_store.read_bytes(uri).decode("utf-8")
-    except DataError as err:
-        if "not found" not in str(err):
-            raise
+    except object_store.ObjectNotFound:
         object_store.list_names(dataset_uri)  # a missing bucket says so
         raise DataError(f"{dataset_uri}: no {MANIFEST_NAME} (not a preprocessed dataset, or its upload did not "
                         f"finish): check the URI or run `python -m data_pipeline preprocess --out "

@@ -227,14 +227,15 @@ class CheckpointWriter:
             if _TEMP.fullmatch(name):  # left by a process killed mid-write
                 self.storage.remove(name)
 
-    def save(self, step: int, state: Mapping[str, Any]) -> Path:
-        """Start writing `state` as the checkpoint for `step`; returns its final path."""
+    def save(self, step: int, state: Mapping[str, Any]) -> Path | str:
+        """Start writing `state` as the checkpoint for `step`; returns its final path (or URI)."""
         self.wait()
         name = checkpoint_name(step)
         self._thread = threading.Thread(target=self._write, args=(step, name, snapshot(dict(state))),
                                         name="checkpoint-writer")
         self._thread.start()
-        return Path(self.storage.location(name))
+        location = self.storage.location(name)
+        return Path(location) if isinstance(self.storage, LocalRunStorage) else location
 
     def wait(self) -> None:
         """Block until the write in flight (if any) is done; CheckpointError if it failed."""

@@ -21,7 +21,8 @@ from pretrain.checkpoint import (CORRUPT_SUFFIX, FORMAT_VERSION, CheckpointError
                                  CheckpointWriter, checkpoint_names, load_module_state, read_checkpoint)
 from pretrain.distributed import DistEnv, broadcast_object
 from pretrain.run_owner import RunOwnership
-from pretrain.run_storage import LocalRunStorage, RunStorage
+from pretrain.object_run_storage import run_storage, split_location
+from pretrain.run_storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ class CheckpointManager:
     def __init__(self, run_dir: Path | str, env: DistEnv, keep: int, resume: str, config: dict[str, Any],
                  lease_s: float) -> None:
         self.env, self.keep, self.resume, self.config = env, keep, resume, config
-        self.run_storage: RunStorage = LocalRunStorage(run_dir)
-        self.storage: RunStorage = LocalRunStorage(Path(run_dir) / CHECKPOINT_DIR)
+        self.run_storage: RunStorage = run_storage(run_dir)
+        self.storage: RunStorage = run_storage(f"{str(run_dir).rstrip('/')}/{CHECKPOINT_DIR}")
         self.ownership = RunOwnership(self.run_storage, lease_s) if env.is_main else None
         self.writer: CheckpointWriter | None = None
-        self.last_saved: Path | None = None
+        self.last_saved: Path | str | None = None
         self._restored: str | None = None
 
     # -- resume -------------------------------------------------------------------------------------------
@@ -84,9 +85,8 @@ class CheckpointManager:
                                               self.run_storage.location())) from None
 
     def _read_chosen(self, location: str) -> dict[str, Any]:
-        path = Path(location)
         try:
-            return read_checkpoint(LocalRunStorage(path.parent), path.name)
+            return read_checkpoint(*split_location(location))
         except CheckpointError as err:
             raise CheckpointError(f"rank {self.env.rank} cannot use the checkpoint rank 0 chose ({err}); "
                                   "train.run_dir must be on storage shared by every pod") from None
@@ -106,8 +106,8 @@ class CheckpointManager:
         if self.resume == "auto":
             found = self._newest_valid()
         elif self.resume != "none":
-            path = Path(self.resume)
-            found = str(path), self._read_with_retries(LocalRunStorage(path.parent), path.name)
+            storage, name = split_location(self.resume)
+            found = storage.location(name), self._read_with_retries(storage, name)
         start = found[1]["step"] if found else 0
         later = [name for step, name in checkpoint_names(self.storage) if step > start]
         if later:

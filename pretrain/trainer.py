@@ -36,6 +36,7 @@ from pretrain.checkpointer import CheckpointManager
 from pretrain.config import OptimConfig, TrainConfig
 from pretrain.distributed import DistEnv, all_gather_object, all_reduce_sum
 from pretrain.metrics import MeanAccumulator, MetricsLogger, Stopwatch, TrainRecord, mfu, peak_bf16_flops
+from pretrain.object_run_storage import local_mirror, sync_mirror
 from pretrain.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,12 @@ class Trainer:
         self.cfg, self.env, self.resolved_config, self.export = train_cfg, env, resolved_config, export
         self.objective = objective.to(env.device)
         self.train_data, self.valid_data = train_data, valid_data
-        self.run_dir = Path(train_cfg.run_dir)
+        self.run_dir = local_mirror(train_cfg.run_dir)  # config, TensorBoard, export (synced to a URI)
         self.optimizer = build_optimizer(self.objective, optim_cfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, optim_cfg, train_cfg.max_steps)
         self.max_grad_norm = optim_cfg.clip_grad_norm if optim_cfg.clip_grad_norm > 0 else math.inf
         self.bf16 = use_bf16(train_cfg.precision, env.device)
-        self.checkpoints = CheckpointManager(self.run_dir, env, train_cfg.keep_checkpoints, train_cfg.resume,
+        self.checkpoints = CheckpointManager(train_cfg.run_dir, env, train_cfg.keep_checkpoints, train_cfg.resume,
                                              resolved_config, train_cfg.owner_lease_s)
         self.rng = RankRng(env, train_cfg.seed)
         self.metrics = MetricsLogger(self.run_dir, env.is_main, train_cfg.tensorboard, train_cfg.max_steps)
@@ -162,6 +163,8 @@ class Trainer:
                 self.checkpoints.close()
             finally:
                 self.metrics.close()
+                if self.env.is_main:
+                    sync_mirror(self.cfg.run_dir)
         return TrainResult(self.step, completed, self.checkpoints.last_saved, self.last_train, self.last_valid)
 
     def _states(self) -> dict[str, Any]:
@@ -193,6 +196,8 @@ class Trainer:
                 self.last_valid = self._validate()
             if stopping or self._due(self.cfg.checkpoint_every):
                 self.checkpoints.save(self.step, self._states())
+                if self.env.is_main:
+                    sync_mirror(self.cfg.run_dir)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16)

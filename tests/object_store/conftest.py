@@ -9,6 +9,7 @@ import pytest
 
 from tests.data_pipeline.conftest import small_corpus, wordpiece_spec  # noqa: F401 - shared fixtures
 from tests.object_store.s3_server import S3Server
+from tests.pretrain.test_tlm import sample  # noqa: F401 - the built-in sample data, once per session
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,9 @@ from torch.utils.data import DataLoader
 
 from data_pipeline.readers import ShardedDataset
 from data_pipeline.remote_dataset import read_manifest
-from data_pipeline.sample_corpus import prepare_sample_data
 from data_pipeline.shard_cache import ShardCache
 from tests.pretrain.processes import finish, run_two_pods, start
-from tests.pretrain.test_tlm import SAMPLE_VOCAB, TINY, tlm_command
+from tests.pretrain.test_tlm import TINY, tlm_command
 
 pytestmark = pytest.mark.slow
 LINES = 600        # of the sample corpus: about 1,100 blocks of 32 tokens
@@ -20,10 +19,10 @@ SHARD_TOKENS = 2000
 
 
 @pytest.fixture(scope="module")
-def s3_data(s3, tmp_path_factory) -> dict[str, str]:
+def s3_data(s3, sample, tmp_path_factory) -> dict[str, str]:
     """A slice of the sample corpus preprocessed by the CLI into s3://corpus/{train,valid}; the vocab stays local."""
     directory = tmp_path_factory.mktemp("s3_data")
-    paths = prepare_sample_data(directory / "sample", vocab_size=SAMPLE_VOCAB)
+    paths = sample.paths
     bucket = s3.create_bucket("corpus")
     uris = {"vocab": str(paths["vocab"])}
     for name, lines in (("train", LINES), ("valid", LINES // 4)):
