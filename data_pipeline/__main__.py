@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{PROG} preprocess 'corpus/*.txt.gz' --out shards/train --tokenizer wordpiece "
                    f"--vocab vocab/vocab.txt")
     _add_input_options(cmd)
-    cmd.add_argument("--out", type=Path, required=True, help="new (or empty) directory for the shards")
+    cmd.add_argument("--out", required=True,
+                     help="new (or empty) directory, or object-store URI (s3://bucket/prefix), for the shards")
     _add_tokenizer_options(cmd, required=True)
     cmd.add_argument("--paired", action="store_true", help="lines are left<TAB>right pairs")
     cmd.add_argument("--processes", type=_positive_int, help="tokenizing processes (default: all CPUs)")
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_options(cmd, required=False)
     cmd.add_argument("--top", type=_positive_int, default=10, help="most frequent tokens to list")
     cmd.add_argument("--samples", type=_positive_int, default=1, help="documents to show")
+    cmd.add_argument("--verify", action="store_true",
+                     help="read every byte: check each shard's content digest and that every id is in range")
 
     cmd = _command(commands, "prepare-sample",
                    "Sample corpus -> vocab -> LM and paired train/valid shards in OUT_DIR; steps whose "
@@ -116,9 +119,14 @@ def _token_name(tokenizer: Tokenizer | None, token_id: int) -> str:
     return repr(tokenizer.decode([token_id])) if tokenizer else ""
 
 
-def inspect_shards(path: str, tokenizer: Tokenizer | None, top: int, samples: int) -> None:
-    """Print what a shard set holds; with a tokenizer (checked against the shards), decode it too."""
+def inspect_shards(path: str, tokenizer: Tokenizer | None, top: int, samples: int, verify: bool = False) -> None:
+    """Print what a shard set holds; with a tokenizer (checked against the shards), decode it too; with
+    `verify`, first check every shard's content (DataError on the first corrupt one)."""
     shards = [Shard.open(prefix) for prefix in find_shards(path)]
+    if verify:
+        for shard in shards:
+            shard.verify()
+        print(f"verified {len(shards)} shard(s): content digests match, every token id < vocab_size")
     header = shards[0].header
     if tokenizer is not None and tokenizer.fingerprint != header.vocab_fingerprint:
         raise DataError(f"{path}: shards were made with tokenizer {header.vocab_fingerprint}, the given "
@@ -135,6 +143,9 @@ def inspect_shards(path: str, tokenizer: Tokenizer | None, top: int, samples: in
     print(f"total: {sum(s.header.num_docs for s in shards)} docs, tokens {tokens}")
     print(f"stats (all shards): {stats}")
     counts = sum(np.bincount(s.tokens(st), minlength=header.vocab_size) for s in shards for st in streams)
+    if len(counts) > header.vocab_size:
+        raise DataError(f"{path}: token id {len(counts) - 1} is >= vocab_size {header.vocab_size}: a shard is "
+                        "corrupt; find it with --verify and re-run preprocess")
     total = max(int(counts.sum()), 1)
     print(f"top {top} tokens:")
     for token_id in np.argsort(-counts, kind="stable")[:top].tolist():
@@ -167,7 +178,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.vocab and not args.tokenizer:  # the shards know which kind made them
             args.tokenizer = Shard.open(find_shards(args.shards)[0]).header.tokenizer_kind
         tokenizer = load_tokenizer(_spec(args)) if args.vocab else None
-        inspect_shards(args.shards, tokenizer, args.top, args.samples)
+        inspect_shards(args.shards, tokenizer, args.top, args.samples, args.verify)
     elif args.command == "prepare-sample":
         paths = prepare_sample_data(args.out_dir, args.tokenizer, args.vocab_size, args.processes)
         for name, path in paths.items():

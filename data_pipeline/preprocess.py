@@ -20,18 +20,21 @@ import logging
 import multiprocessing
 import os
 import shutil
+import tempfile
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
-from data_pipeline.shards import LM_STREAMS, PAIRED_STREAMS, ShardWriter, shard_prefix
+from data_pipeline.errors import UserError, describe_os_error
+from data_pipeline.object_store import is_uri, join
+from data_pipeline.remote_dataset import DatasetUpload
+from data_pipeline.shards import LM_STREAMS, PAIRED_STREAMS, ShardHeader, ShardWriter, shard_prefix
 from data_pipeline.text_files import MAX_WARNINGS, LineCounts, iter_lines
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec, load_tokenizer
 
@@ -190,8 +193,10 @@ def read_chunks(inputs: Sequence[str | Path], paired: bool, errors: str,
 class _ShardSink:
     """Writes documents in order into shard-00000, shard-00001, ... of `directory`, closing each at the cap."""
 
-    def __init__(self, directory: Path, tokenizer: Tokenizer, paired: bool, max_tokens: int) -> None:
+    def __init__(self, directory: Path, tokenizer: Tokenizer, paired: bool, max_tokens: int,
+                 on_close: Callable[[Path, ShardHeader], None] | None = None) -> None:
         self._directory = directory
+        self._on_close = on_close
         self._tokenizer = tokenizer
         self._streams = PAIRED_STREAMS if paired else LM_STREAMS
         self._extra = 0 if paired else 1  # the separator the writer appends to an LM document
@@ -224,7 +229,9 @@ class _ShardSink:
         self.totals["tokens"] += int(sizes.sum())
 
     def _close_shard(self) -> None:
-        self._writer.close(stats={key: int(value) for key, value in self._stats.items()})
+        header = self._writer.close(stats={key: int(value) for key, value in self._stats.items()})
+        if self._on_close is not None:
+            self._on_close(self._writer.prefix, header)
         self._writer, self._tokens, self._stats = None, 0, Counter(self._zero_stats)
 
     def close(self) -> None:
@@ -236,8 +243,8 @@ class _ShardSink:
 class PreprocessResult:
     """What a run wrote: shard prefixes and totals (docs, tokens on disk with separators, every count)."""
 
-    out_dir: Path
-    shards: list[Path]
+    out_dir: Path | str
+    shards: list[Path | str]
     totals: dict[str, int]
 
 
@@ -258,18 +265,20 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
                chunk_chars: int = CHUNK_CHARS) -> PreprocessResult:
     """Tokenize text files into shards in `out_dir` (see the module doc for the rules).
 
-    `chunk_chars` only sets how much text each task carries (a tuning knob: the output is the same).
+    An object-store URI as `out_dir` uploads each shard as it closes (from a local temporary directory)
+    and publishes the dataset manifest last (see remote_dataset.py). `chunk_chars` only sets how much text each task carries (a tuning knob: the output is the same).
     """
     processes = default_processes() if processes is None else processes
     if processes < 1:
         raise UserError(f"processes={processes}: use 1 or more")
     if max_shard_tokens < 1:
         raise UserError(f"max_shard_tokens={max_shard_tokens}: use a positive number of tokens per shard")
-    out_dir = Path(out_dir)
     tokenizer = load_tokenizer(spec)
-    staging = _prepare_output(out_dir)
+    upload = DatasetUpload(str(out_dir)) if is_uri(out_dir) else None
+    out_dir = str(out_dir).rstrip("/") if upload else Path(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix="preprocess-")) if upload else _prepare_output(out_dir)
     try:
-        sink = _ShardSink(staging, tokenizer, paired, max_shard_tokens)
+        sink = _ShardSink(staging, tokenizer, paired, max_shard_tokens, on_close=upload.add if upload else None)
         # tqdm's default (progress=None) shows the bar only on a terminal.
         with tqdm(unit=" docs", unit_scale=True, disable=None if progress is None else not progress) as bar:
             for encoded in _encoded(read_chunks(inputs, paired, errors, chunk_chars), tokenizer, processes):
@@ -279,12 +288,20 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
         if not sink.shards:
             raise UserError(f"no documents to write: every line was skipped ({dict(sink.totals)}); see the "
                             f"warnings above")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
+        if upload:
+            upload.publish()
+            shutil.rmtree(staging)
+        else:
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(staging, out_dir)
+    except OSError as err:  # disk full, read-only, permissions: one line, and no partial shard set
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(describe_os_error(err, "use", err.filename or out_dir)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     totals = {key: int(value) for key, value in sorted(sink.totals.items())}
     log.info("%s: %d shard(s), %s", out_dir, len(sink.shards), totals)
-    return PreprocessResult(out_dir, [out_dir / p.name for p in sink.shards], totals)
+    shards = [join(out_dir, p.name) if upload else out_dir / p.name for p in sink.shards]
+    return PreprocessResult(out_dir, shards, totals)

@@ -43,6 +43,11 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 65535 else "uint32"
 
 
+def token_array_dtype(name: str) -> np.dtype:
+    """The little-endian numpy dtype of a header's `dtype` ("uint16" or "uint32")."""
+    return _TOKEN_DTYPES[name]
+
+
 def shard_prefix(directory: Path, index: int) -> Path:
     """The prefix of the `index`-th shard of a preprocessed dataset directory."""
     return Path(directory) / f"shard-{index:05d}"
@@ -104,6 +109,11 @@ def _stream_paths(prefix: Path, stream: str) -> tuple[Path, Path]:
 
 def _header_path(prefix: Path) -> Path:
     return Path(f"{prefix}.json")
+
+
+def shard_files(prefix: Path, streams: Sequence[str]) -> list[Path]:
+    """Every file of a shard, data files first and the header (its commit point) last."""
+    return [path for stream in streams for path in _stream_paths(prefix, stream)] + [_header_path(prefix)]
 
 
 def _tmp(path: Path) -> Path:
@@ -275,6 +285,11 @@ class Shard:
             if offsets[0] != 0 or offsets[-1] != header.num_tokens[stream]:
                 raise DataError(f"{idx_path}: offsets run from {offsets[0]} to {offsets[-1]}, expected 0 "
                                 f"to {header.num_tokens[stream]}: re-run preprocess")
+            decreasing = np.flatnonzero(np.diff(offsets) < 0)  # one sequential pass over 8 bytes per doc
+            if decreasing.size:
+                doc = int(decreasing[0])
+                raise DataError(f"{idx_path}: offsets decrease at document {doc} ({offsets[doc]} then "
+                                f"{offsets[doc + 1]}): the index is corrupt; re-run preprocess")
 
     @classmethod
     def open(cls, prefix: Path | str) -> "Shard":
@@ -301,6 +316,36 @@ class Shard:
     def offsets(self, stream: str) -> np.ndarray:
         """Document boundaries of `stream`: doc i is `tokens[offsets[i]:offsets[i + 1]]`."""
         return self._offsets[stream]
+
+    def check_ids(self, stream: str, ids: np.ndarray, position: int) -> np.ndarray:
+        """`ids` (read from `stream` at token `position`), or a DataError if one is not below the header's
+        vocab_size: a shard from another vocab or damaged on disk, found as it is read."""
+        if ids.size and int(ids.max()) >= self.header.vocab_size:
+            where = position + int(np.argmax(ids >= self.header.vocab_size))
+            raise DataError(f"{_stream_paths(self.prefix, stream)[0]}: token id {int(ids.max())} at position "
+                            f"{where} is >= vocab_size {self.header.vocab_size}: the shard is corrupt; check it "
+                            f"with `python -m data_pipeline inspect --verify` and re-run preprocess")
+        return ids
+
+    def verify(self) -> None:
+        """Full check (reads every byte): the content digest in the header, and every token id in range.
+        DataError naming the first problem."""
+        content = hashlib.sha256()
+        for stream in self.header.streams:
+            for path in _stream_paths(self.prefix, stream):
+                digest = hashlib.sha256()
+                with open(path, "rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+                content.update(digest.digest())
+        if content.hexdigest() != self.header.content_sha256:
+            raise DataError(f"{_header_path(self.prefix)}: the shard's .bin/.idx bytes do not match the digest in "
+                            f"its header: the shard is corrupt; re-run preprocess")
+        step = 1 << 24
+        for stream in self.header.streams:
+            tokens = self.tokens(stream)
+            for start in range(0, tokens.size, step):
+                self.check_ids(stream, tokens[start:start + step], start)
 
     def release_pages(self) -> None:
         """Drop this process's mapped pages (MADV_DONTNEED); later reads fault them back from cache."""

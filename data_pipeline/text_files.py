@@ -100,8 +100,9 @@ def _decode(raw: bytes, path: Path, line_no: int, offset: int, errors: str, coun
         if errors == "strict":
             where = "decompressed byte offset" if path.suffix == ".gz" else "byte offset"
             raise DataError(f"{path}:{line_no}: invalid UTF-8 byte 0x{raw[err.start]:02x} at {where} "
-                            f"{offset + err.start} (column {err.start + 1}): convert the file to UTF-8 or pass "
-                            f"--encoding-errors replace") from None
+                            f"{offset + err.start} (column {err.start + 1}): convert the file to UTF-8, or "
+                            f"repair such lines with data.text_errors=replace (trainers) or --encoding-errors "
+                            f"replace (python -m data_pipeline)") from None
         counts.invalid_utf8_lines_replaced += 1
         if counts.invalid_utf8_lines_replaced <= MAX_WARNINGS:
             log.warning("%s:%d: invalid UTF-8 replaced by U+FFFD", path, line_no)

@@ -30,10 +30,10 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from data_pipeline import bpe, wordpiece
-from data_pipeline.errors import UserError
+from data_pipeline.errors import UserError, describe_os_error
 from data_pipeline.text_files import LineCounts, iter_lines
 from data_pipeline.tokenizer import TOKENIZER_KINDS, TokenizerSpec
-from data_pipeline.atomic_files import atomic_write_bytes
+from data_pipeline.atomic_files import atomic_directory, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 _REPEATS_PER_STRING = 4096  # how a word's count is fed to HF: bounded strings of the word repeated
@@ -166,15 +166,21 @@ def vocab_files(kind: str, out_dir: str | Path, lowercase: bool = True) -> Token
 
 def learn_vocab(kind: str, inputs: Sequence[str | Path], out_dir: str | Path, vocab_size: int,
                 lowercase: bool = True, errors: str = "strict") -> TokenizerSpec:
-    """Learn a `kind` vocab of `vocab_size` from text files into `out_dir`; returns its spec."""
+    """Learn a `kind` vocab of `vocab_size` from text files into `out_dir`; returns its spec. The files
+    (codes and vocab for BPE) appear together or not at all."""
     spec = vocab_files(kind, out_dir, lowercase)
     if vocab_size <= len(bpe.SPECIAL_TOKENS):
         raise UserError(f"vocab_size={vocab_size} is too small: use at least a few hundred (BERT uses 30522)")
     counts = LineCounts()
     lines = (line.text for line in iter_lines(inputs, counts, errors))
-    if kind == "wordpiece":
-        learn_wordpiece(lines, Path(spec.vocab), vocab_size, lowercase)
-    else:
-        learn_bpe(lines, Path(spec.codes), Path(spec.vocab), vocab_size)
+    try:
+        with atomic_directory(Path(out_dir)) as staging:
+            staged = vocab_files(kind, staging, lowercase)
+            if kind == "wordpiece":
+                learn_wordpiece(lines, Path(staged.vocab), vocab_size, lowercase)
+            else:
+                learn_bpe(lines, Path(staged.codes), Path(staged.vocab), vocab_size)
+    except OSError as err:
+        raise UserError(describe_os_error(err, "use", err.filename or out_dir)) from None
     log.info("learned a %s vocab in %s from %s", kind, out_dir, counts.as_dict())
     return spec

@@ -16,7 +16,7 @@ from export.exporter import OUTPUT_NAMES
 from export.manifest import Manifest, resolve_tokenizer
 from export.npz import read_npz
 from export.torch_format import read_torch
-from pretrain.adapters import TransformerLM, adapter_of, load_module_state
+from pretrain.adapters import TransformerLM, adapter_of, first_non_finite, load_module_state
 
 # Settings that may differ between an export and the model initialised from it: they change training,
 # not the function the weights compute.
@@ -78,6 +78,10 @@ def init_from(model: nn.Module, path: str | Path, expected_fingerprint: str | No
     """
     model = adapter_of(model).encoder(model)
     exported, manifest, _, path = read_model(path)
+    bad = first_non_finite(exported.state_dict())
+    if bad is not None:
+        raise UserError(f"init_from {path}: weight {bad!r} holds NaN or infinite values; start from an export "
+                        "of a run that did not diverge")
     encoder = manifest.adapter.encoder(exported)
     ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(encoder.cfg)
     for name in ours:

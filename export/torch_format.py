@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from data_pipeline.errors import UserError
-from data_pipeline.atomic_files import atomic_open
+from data_pipeline.atomic_files import atomic_open, describe_load_error, save_torch
 from export.manifest import Manifest
 
 
@@ -27,7 +27,7 @@ def write_torch(path: Path, model: nn.Module, manifest: Manifest, tokenizer_file
     checkpoint["tokenizer_files"] = {name: torch.frombuffer(bytearray(data), dtype=torch.uint8)
                                      for name, data in tokenizer_files.items()}
     with atomic_open(path) as handle:
-        torch.save(checkpoint, handle)
+        save_torch(checkpoint, handle)
 
 
 def read_torch(path: Path) -> tuple[Manifest, dict[str, torch.Tensor], dict[str, bytes]]:
@@ -37,8 +37,7 @@ def read_torch(path: Path) -> tuple[Manifest, dict[str, torch.Tensor], dict[str,
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; pass the .pt written by `python -m export`") from None
     except Exception as err:  # a truncated zip, a pickled object: either way not a usable export
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{path}: not a readable torch export ({first_line}); re-export it") from None
+        raise UserError(f"{path}: not a readable torch export ({describe_load_error(err)}); re-export it") from None
     manifest = Manifest.from_dict(checkpoint, path)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path}: the export has no state_dict; re-export it")

@@ -16,6 +16,7 @@ from torch import nn
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
 from pretrain.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, load_module_state
+from pretrain.finite import first_non_finite
 from pretrain.exportable import (DenseLayer, Entry, ExportAdapter, HFModel, Layout, RunModel,
                                  SentenceTransformerModel, run_model_config)
 from pretrain.model import TransformerConfig, TransformerLM
@@ -29,7 +30,7 @@ ADAPTERS: tuple[ExportAdapter, ...] = (
 )
 
 __all__ = ["ADAPTERS", "DenseLayer", "Entry", "ExportAdapter", "HFModel", "Layout", "SentenceTransformerModel", "TransformerLM",
-           "adapter_named", "adapter_of", "is_training_checkpoint", "load_module_state", "model_of_run",
+           "adapter_named", "adapter_of", "first_non_finite", "is_training_checkpoint", "load_module_state", "model_of_run",
            "run_tokenizer"]
 
 

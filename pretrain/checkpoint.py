@@ -1,15 +1,20 @@
-"""Training checkpoints: atomic files written off the training thread, keep-last-K, and resume.
+"""Training checkpoint files: the format, its content digest, and a writer off the training thread.
 
 A checkpoint `ckpt-00001000.pt` is a `torch.save` of a dict holding only tensors and plain Python values,
 so `torch.load(weights_only=True)` reads it (no pickled objects):
     format, step, objective, optimizer, scheduler, data (the reader's state), rng (one entry per rank),
-    config (the resolved config as a dict)
-Each write goes to a temp file in the same directory, is flushed and fsynced, renamed over the final
-name and the directory is fsynced: a crash at any point leaves the previous checkpoints intact and
-never a partial file under a checkpoint name.
+    config (the resolved config as a dict), digest
+`digest` is the sha256 of every other entry's content (tensor dtypes, shapes and bytes; plain values),
+computed when the file is written and checked when it is read: a flipped byte inside a tensor, which the
+zip container does not notice, makes the file corrupt. Each write goes to a temp file in the same
+directory, is flushed and fsynced, renamed over the final name and the directory is fsynced: a crash at
+any point leaves the previous checkpoints intact and never a partial file under a checkpoint name.
+Which checkpoint to resume from, fallback, pruning and run ownership are pretrain/checkpointer.py's job.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import random
 import re
@@ -21,31 +26,71 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_pipeline.atomic_files import atomic_open
-from data_pipeline.errors import UserError
+from data_pipeline.atomic_files import describe_load_error, save_torch
+from data_pipeline.errors import UserError, describe_os_error
+from pretrain.finite import first_non_finite
+from pretrain.run_storage import LocalRunStorage, RunStorage
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "step", "objective", "optimizer", "scheduler", "data", "rng", "config")
 _NAME = re.compile(r"ckpt-(\d{8,})\.pt")
-_TEMP_GLOB = "ckpt-*.pt.tmp"
+_TEMP = re.compile(r"ckpt-\d{8,}\.pt\.tmp")
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be read, does not fit the model, or could not be written."""
 
 
+class CheckpointUnreadable(CheckpointError):
+    """Reading the file failed (I/O error, permissions): the file itself may be fine, so it is not corrupt."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}.pt"
+
+
 def checkpoint_path(directory: Path, step: int) -> Path:
-    return directory / f"ckpt-{step:08d}.pt"
+    return directory / checkpoint_name(step)
+
+
+def checkpoint_names(storage: RunStorage) -> list[tuple[int, str]]:
+    """(step, name) of every file named like a checkpoint in `storage`, oldest first."""
+    return sorted((int(m.group(1)), name) for name in storage.list() if (m := _NAME.fullmatch(name)))
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """(step, path) of every file named like a checkpoint in `directory`, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.fullmatch(p.name))]
-    return sorted(found)
+    return [(step, directory / name) for step, name in checkpoint_names(LocalRunStorage(directory))]
+
+
+def content_digest(state: Mapping[str, Any]) -> str:
+    """sha256 over the content of every entry but `digest`, in a fixed traversal order."""
+    digest = hashlib.sha256()
+
+    def feed(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            flat = item.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"tensor {flat.dtype} {tuple(item.shape)};".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, Mapping):
+            digest.update(f"dict {len(item)};".encode())
+            for key, value in item.items():
+                feed(key)
+                feed(value)
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"{type(item).__name__} {len(item)};".encode())
+            for value in item:
+                feed(value)
+        else:
+            digest.update(f"{type(item).__name__} {item!r};".encode())
+
+    for key in REQUIRED_KEYS:
+        feed(key)
+        feed(state[key])
+    return digest.hexdigest()
 
 
 def snapshot(value: Any) -> Any:
@@ -95,34 +140,55 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and sanity-check a checkpoint onto the CPU; CheckpointError if it is missing or unusable."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check train.resume")
+    """Read and verify a checkpoint onto the CPU. CheckpointUnreadable if reading failed (the file may be
+    fine), CheckpointError if it is missing, corrupt or not a checkpoint."""
+    return read_checkpoint(LocalRunStorage(path.parent), path.name)
+
+
+def read_checkpoint(storage: RunStorage, name: str) -> dict[str, Any]:
+    """`load_checkpoint` for the file `name` of `storage`."""
+    where = storage.location(name)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = storage.read_bytes(name)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {where} does not exist; check train.resume") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {where} is a directory; train.resume names a checkpoint file") from None
+    except OSError as err:
+        raise CheckpointUnreadable(describe_os_error(err, "read", where)) from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad record, disallowed global: all mean "unusable file"
-        raise CheckpointError(f"checkpoint {path} is unreadable, probably partial or corrupt "
-                              f"({_first_line(err)})") from None
+        raise CheckpointError(f"checkpoint {where} is unreadable, probably partial or corrupt "
+                              f"({describe_load_error(err)})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a training checkpoint (it lacks some of {', '.join(REQUIRED_KEYS)})")
+        raise CheckpointError(f"{where} is not a training checkpoint (it lacks some of {', '.join(REQUIRED_KEYS)})")
     if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {state['format']}, this code reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{where} has checkpoint format {state['format']}, this code reads {FORMAT_VERSION}")
+    if "digest" not in state:
+        raise CheckpointError(f"checkpoint {where} has no content digest, so it cannot be verified")
+    if content_digest(state) != state["digest"]:
+        raise CheckpointError(f"checkpoint {where} is corrupt: its content does not match the digest written "
+                              "with it")
     return state
 
 
 def find_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in `directory` that loads, with its state, or None if there is none.
 
-    An unusable file is skipped with a warning and renamed to NAME.corrupt, so it is kept for
-    inspection but never chosen again and never shadows the checkpoints this run writes next.
+    A corrupt file is skipped with a warning and renamed to NAME.corrupt, so it is kept for inspection
+    but never chosen again and never shadows the checkpoints this run writes next. A file that could
+    not be read (CheckpointUnreadable) is not corrupt: the error is raised and the file left alone.
     """
-    for _, path in reversed(list_checkpoints(directory)):
+    storage = LocalRunStorage(directory)
+    for _, name in reversed(checkpoint_names(storage)):
         try:
-            return path, load_checkpoint(path)
+            return directory / name, read_checkpoint(storage, name)
+        except CheckpointUnreadable:
+            raise
         except CheckpointError as err:
-            quarantined = path.with_name(path.name + ".corrupt")
-            log.warning("%s; renamed it to %s and skipped it", err, quarantined.name)
-            path.rename(quarantined)
+            log.warning("%s; renamed it to %s and skipped it", err, name + CORRUPT_SUFFIX)
+            storage.rename(name, name + CORRUPT_SUFFIX)
     return None
 
 
@@ -148,26 +214,28 @@ class CheckpointWriter:
 
     `save` snapshots the state to CPU and returns at once, so a slow disk does not stall this rank
     inside a collective while the other ranks wait; `wait` joins the write (call it before exiting)
-    and re-raises its error, if any.
+    and re-raises its error, if any. The digest is computed and the weights checked for NaN/inf on the
+    writer thread: non-finite weights are never written.
     """
 
-    def __init__(self, directory: Path, keep: int) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path | RunStorage, keep: int) -> None:
+        self.storage = LocalRunStorage(directory) if isinstance(directory, (str, Path)) else directory
         self.keep = keep
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(_TEMP_GLOB):  # left by a process killed mid-write
-            stale.unlink()
+        for name in self.storage.list():
+            if _TEMP.fullmatch(name):  # left by a process killed mid-write
+                self.storage.remove(name)
 
-    def save(self, step: int, state: Mapping[str, Any]) -> Path:
-        """Start writing `state` as the checkpoint for `step`; returns its final path."""
+    def save(self, step: int, state: Mapping[str, Any]) -> Path | str:
+        """Start writing `state` as the checkpoint for `step`; returns its final path (or URI)."""
         self.wait()
-        path = checkpoint_path(self.directory, step)
-        self._thread = threading.Thread(target=self._write, args=(path, snapshot(dict(state))),
+        name = checkpoint_name(step)
+        self._thread = threading.Thread(target=self._write, args=(step, name, snapshot(dict(state))),
                                         name="checkpoint-writer")
         self._thread.start()
-        return path
+        location = self.storage.location(name)
+        return Path(location) if isinstance(self.storage, LocalRunStorage) else location
 
     def wait(self) -> None:
         """Block until the write in flight (if any) is done; CheckpointError if it failed."""
@@ -176,27 +244,28 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
-            raise CheckpointError(f"writing a checkpoint to {self.directory} failed: {_first_line(err)}") from err
+            if isinstance(err, CheckpointError):
+                raise err
+            if isinstance(err, OSError):
+                reason = describe_os_error(err, "write", err.filename or self.storage.location())
+            else:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"writing a checkpoint to {self.storage.location()} failed: {reason}") from err
 
-    def _write(self, path: Path, state: dict[str, Any]) -> None:
+    def _write(self, step: int, name: str, state: dict[str, Any]) -> None:
         try:
-            write_atomically(path, state)
+            bad = first_non_finite(state["objective"])
+            if bad is not None:
+                raise CheckpointError(f"step {step}: weight {bad!r} is NaN or infinite; no checkpoint is written "
+                                      "from non-finite weights")
+            state["digest"] = content_digest(state)
+            with self.storage.open_atomic(name) as handle:
+                save_torch(state, handle)
             self._prune()
-            log.info("saved checkpoint %s", path)
+            log.info("saved checkpoint %s", self.storage.location(name))
         except BaseException as err:  # reported by wait() on the training thread
             self._error = err
 
     def _prune(self) -> None:
-        for _, old in list_checkpoints(self.directory)[:-self.keep]:
-            old.unlink()
-
-
-def write_atomically(path: Path, state: Mapping[str, Any]) -> None:
-    """torch.save `state` to `path` so that `path` is either absent/old or complete, even on a crash."""
-    with atomic_open(path) as handle:
-        torch.save(state, handle)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        for _, old in checkpoint_names(self.storage)[:-self.keep]:
+            self.storage.remove(old)

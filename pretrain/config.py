@@ -83,15 +83,18 @@ class TrainConfig:
     tensorboard: bool = True
     export_formats: tuple[str, ...] = ("npz", "torch")   # written to run_dir/export at the end; () = none
     init_from: str = ""                # an export (model.npz / model.pt / its directory) to start from
+    nonfinite_skips: int = 3           # steps with NaN/inf loss or gradients skipped in a row before stopping
+    owner_lease_s: float = 120.0       # a run_dir owner silent this long (heartbeat) is taken over
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum_steps", "log_every", "eval_batches", "keep_checkpoints",
                      "dist_timeout_s"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "num_workers"):
+        for name in ("eval_every", "checkpoint_every", "num_workers", "nonfinite_skips"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         require(bool(self.resume), "resume must be auto, none or a checkpoint path, got ''")
         require(bool(self.run_dir), "run_dir must not be empty")
+        require(self.owner_lease_s >= 10, f"owner_lease_s must be >= 10 (seconds), got {self.owner_lease_s}")
 
 
 def load_config(schema: type[T], argv: Sequence[str], prog: str | None = None,
@@ -160,6 +163,8 @@ def _parse_override(item: str, leaves: dict[str, Any]) -> tuple[str, Any]:
             raise ConfigError(f"override {item!r}: {key!r} is a section; set its keys one by one, "
                               f"e.g. {inside[0]}=VALUE")
         raise ConfigError(f"override {item!r}: unknown key {key!r}{_suggestion(key, leaves)}")
+    if not text:  # `data.sample.dir=`: an empty string (YAML would read null)
+        return key, ""
     try:
         return key, yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -191,6 +196,15 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_line_dict(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            # YAML would keep the last one silently: a section or key written twice is a mistake.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} is set twice (first on line {seen[key].start_mark.line + 1}): keep one",
+                key_node.start_mark)
+        seen[key] = key_node
     mapping = _LineDict(loader.construct_mapping(node, deep=True))
     mapping.lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value
                      if isinstance(key, yaml.ScalarNode)}
@@ -283,8 +297,15 @@ def _leaf_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
 
 
 def _suggestion(key: str, leaves: dict[str, Any]) -> str:
+    """The key meant: the same name in another section (`train.lr` -> `optim.lr`), else the nearest
+    key or section by spelling."""
+    name = key.rsplit(".", 1)[-1]
+    elsewhere = [leaf for leaf in leaves if leaf.rsplit(".", 1)[-1] == name]
+    if elsewhere:
+        return f"; did you mean {' or '.join(repr(leaf) for leaf in elsewhere)}?"
     sections = {k.rsplit(".", 1)[0] for k in leaves if "." in k}
-    nearest = difflib.get_close_matches(key, [*leaves, *sections], n=1, cutoff=0.0)
+    candidates = [*leaves, *sections] if "." not in key else list(leaves)
+    nearest = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
     return f"; did you mean {nearest[0]!r}?" if nearest else ""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -10,10 +12,13 @@ from typing import Literal
 from torch.utils.data import IterableDataset
 
 from data_pipeline.errors import UserError
+from data_pipeline.object_store import is_uri
 from data_pipeline.readers import ShardedDataset, Transform
 from data_pipeline.sample_corpus import find_sample_data, prepare_sample_data
+from data_pipeline.shard_cache import ShardCache
 from data_pipeline.streaming import TextStreamDataset
 from data_pipeline.tokenizer import Tokenizer, TokenizerSpec
+from pretrain.config import require
 from pretrain.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,9 @@ class SampleDataConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What to read and how to batch it. Paths are shard directories (format: shards) or text inputs:
-    files, directories, globs, .gz (format: text, tokenized on the fly)."""
+    """What to read and how to batch it. Paths are shard directories or object-store URIs such as
+    s3://bucket/prefix (format: shards) or text inputs: files, directories, globs, .gz (format: text,
+    tokenized on the fly)."""
 
     train: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
@@ -59,6 +65,19 @@ class DataConfig:
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     nctx: int = 128                  # tokens per LM block; max tokens per side for paired data
     batch_size: int = 32             # per rank and micro-batch; global batch = this x world size x accum
+    # Sample order (readers.py): uniform = one permutation of all samples; stream = shards in blocks,
+    # a shuffle window of `shuffle_window` shards, each rank on its own `partitions` (0: the world size);
+    # auto = stream when any data.train entry is an object-store URI, else uniform.
+    shuffle: Literal["auto", "uniform", "stream"] = "auto"
+    shuffle_window: int = 4
+    partitions: int = 0
+    cache_dir: str = ""              # remote shards are cached here, per rank ("": under the temp dir)
+    cache_limit: int = 8 << 30       # bytes of shards each rank's cache may hold
+
+    def __post_init__(self) -> None:
+        require(self.shuffle_window >= 1, f"shuffle_window must be >= 1 shard, got {self.shuffle_window}")
+        require(self.partitions >= 0, f"partitions must be >= 0 (0: the world size), got {self.partitions}")
+        require(self.cache_limit >= 1, f"cache_limit must be >= 1 byte, got {self.cache_limit}")
 
 
 def resolve_sample_data(cfg: DataConfig, paired: bool) -> DataConfig:
@@ -103,6 +122,12 @@ def log_skipped_lines(name: str, stats: dict[str, int]) -> None:
                     ", ".join(f"{key}={count}" for key, count in flagged.items()))
 
 
+def _cache_dir(cfg: DataConfig, env: DistEnv) -> str:
+    """This rank's shard cache: its DataLoader workers share it, other ranks (even on one node) do not."""
+    root = cfg.cache_dir or os.path.join(tempfile.gettempdir(), f"pretrain-shard-cache-{os.getuid()}")
+    return os.path.join(root, f"rank-{env.rank}")
+
+
 def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, env: DistEnv, *, seed: int, paired: bool,
                    transform: Transform | None) -> tuple[IterableDataset, IterableDataset | None]:
     """The endless shuffled training stream and the single ordered validation pass for this rank."""
@@ -113,8 +138,12 @@ def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, env: DistEnv, *, seed:
         train = TextStreamDataset(list(cfg.train), **text)
         valid = TextStreamDataset(list(cfg.valid), epochs=1, **text) if cfg.valid else None
         return train, valid
-    shards = dict(common, pad_id=tokenizer.pad_id, expected_fingerprint=tokenizer.fingerprint)
-    train = ShardedDataset(list(cfg.train), weights=list(cfg.weights) or None, seed=seed, **shards)
+    paths = list(cfg.train) + list(cfg.valid)
+    cache = ShardCache(_cache_dir(cfg, env), cfg.cache_limit) if any(is_uri(p) for p in paths) else None
+    shards = dict(common, pad_id=tokenizer.pad_id, expected_fingerprint=tokenizer.fingerprint, cache=cache)
+    order = cfg.shuffle if cfg.shuffle != "auto" else ("stream" if any(is_uri(p) for p in cfg.train) else "uniform")
+    train = ShardedDataset(list(cfg.train), weights=list(cfg.weights) or None, seed=seed, order=order,
+                           partitions=cfg.partitions, window_shards=cfg.shuffle_window, **shards)
     valid = ShardedDataset(list(cfg.valid), shuffle=False, epochs=1, **shards) if cfg.valid else None
     for name, dataset in (("data.train", train), ("data.valid", valid)):
         if dataset is not None and env.is_main:

@@ -59,14 +59,15 @@ class MeanAccumulator:
             self._totals[name] = pair
 
     def reduce(self, env: DistEnv) -> dict[str, float]:
-        """Mean per name over everything added on every rank since the last call (then reset).
+        """Mean per name over everything added on every rank since the last call (then reset); a name
+        with no count anywhere (a precision with no positive prediction) is left out, not reported as nan.
         Every rank must call it at the same point with the same names."""
         if not self._totals:
             return {}
         names = sorted(self._totals)
         packed = all_reduce_sum(torch.stack([self._totals[name] for name in names]).to(env.device), env)
         self._totals = {}
-        return {name: (s / c if c > 0 else float("nan")) for name, (s, c) in zip(names, packed.tolist())}
+        return {name: s / c for name, (s, c) in zip(names, packed.tolist()) if c > 0}
 
 
 class Stopwatch:
@@ -128,10 +129,8 @@ class MetricsLogger:
         self.enabled = enabled
         self.max_steps = max_steps
         self._writer: Any = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imported only when used: it is slow
-
-            self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # Opened at the first scalars, so that a run failing at start-up leaves no event file behind.
+        self._log_dir = run_dir / "tensorboard" if enabled and tensorboard else None
 
     def train(self, record: TrainRecord) -> None:
         if not self.enabled:
@@ -151,10 +150,15 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._log_dir = None
 
     def _scalars(self, prefix: str, scalars: dict[str, float | None], step: int) -> None:
-        if self._writer is None:
+        if self._log_dir is None:
             return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported only when used: it is slow
+
+            self._writer = SummaryWriter(log_dir=str(self._log_dir))
         for name, value in scalars.items():
             if value is not None:
                 self._writer.add_scalar(f"{prefix}/{name}", value, step)

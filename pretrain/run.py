@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from data_pipeline.errors import run_cli
+from data_pipeline.errors import UserError, run_cli
 from export.exporter import check_formats, export_model
 from export.loading import init_from
 from data_pipeline.readers import Transform
@@ -48,6 +48,10 @@ def run_recipe(recipe: Recipe, argv: Sequence[str]) -> TrainResult:
         paired = recipe.paired(cfg)
         cfg = dataclasses.replace(cfg, data=resolve_sample_data(cfg.data, paired))
         tokenizer = load_tokenizer(cfg.data.tokenizer.spec())
+        if cfg.model.vocab_size not in (0, tokenizer.vocab_size):
+            raise UserError(f"model.vocab_size={cfg.model.vocab_size} but the tokenizer "
+                            f"{cfg.data.tokenizer.vocab} has {tokenizer.vocab_size} ids: set model.vocab_size=0 "
+                            "(taken from the tokenizer) or use the matching vocab")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
         seed_everything(cfg.train.seed)  # the same initial weights on every rank and every run
         objective, transform = recipe.build_objective(cfg, tokenizer)

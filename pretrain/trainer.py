@@ -30,13 +30,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
-from data_pipeline.errors import UserError
-from pretrain.checkpoint import (FORMAT_VERSION, CheckpointError, CheckpointWriter, capture_rng_state,
-                                 find_latest, list_checkpoints, load_checkpoint, load_module_state,
-                                 restore_rng_state)
+from data_pipeline.errors import UserError, describe_os_error
+from pretrain.checkpoint import capture_rng_state, restore_rng_state
+from pretrain.checkpointer import CheckpointManager
 from pretrain.config import OptimConfig, TrainConfig
-from pretrain.distributed import DistEnv, all_gather_object, all_reduce_sum, broadcast_object
+from pretrain.distributed import DistEnv, all_gather_object, all_reduce_sum
 from pretrain.metrics import MeanAccumulator, MetricsLogger, Stopwatch, TrainRecord, mfu, peak_bf16_flops
+from pretrain.object_run_storage import local_mirror, sync_mirror
 from pretrain.optim import build_optimizer, build_scheduler
 from pretrain.precision import use_bf16
 
@@ -140,19 +140,20 @@ class Trainer:
         self.cfg, self.env, self.resolved_config, self.export = train_cfg, env, resolved_config, export
         self.objective = objective.to(env.device)
         self.train_data, self.valid_data = train_data, valid_data
-        self.run_dir = Path(train_cfg.run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.run_dir = local_mirror(train_cfg.run_dir)  # config, TensorBoard, export (synced to a URI)
         self.optimizer = build_optimizer(self.objective, optim_cfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, optim_cfg, train_cfg.max_steps)
         self.max_grad_norm = optim_cfg.clip_grad_norm if optim_cfg.clip_grad_norm > 0 else math.inf
         self.bf16 = use_bf16(train_cfg.precision, env.device)
-        self.writer = CheckpointWriter(self.checkpoint_dir, train_cfg.keep_checkpoints) if env.is_main else None
+        self.checkpoints = CheckpointManager(train_cfg.run_dir, env, train_cfg.keep_checkpoints, train_cfg.resume,
+                                             resolved_config, train_cfg.owner_lease_s)
+        self.rng = RankRng(env, train_cfg.seed)
         self.metrics = MetricsLogger(self.run_dir, env.is_main, train_cfg.tensorboard, train_cfg.max_steps)
         self.peak_flops = peak_bf16_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
         self.valid_loader: DataLoader | None = None
         self.step = 0
         self.cursor: int | None = None     # the train reader's cursor after the last consumed batch
-        self.last_checkpoint: Path | None = None
+        self.nonfinite_in_a_row = 0
         self.last_train: dict[str, float] = {}
         self.last_valid: dict[str, float] = {}
         # Per report window: loss terms and metrics (sum, count), input tokens, grad norms, timing.
@@ -167,34 +168,41 @@ class Trainer:
         try:
             with StopRequest().on_sigterm() as stop:
                 self._run(stop)
-            if self.writer is not None:
-                self.writer.wait()
+            completed = self.step >= self.cfg.max_steps
+            if completed and self.export is not None and self.env.is_main:
+                self.export(self.objective, self.run_dir)
         finally:
-            self.metrics.close()
-        completed = self.step >= self.cfg.max_steps
-        if completed and self.export is not None and self.env.is_main:
-            self.export(self.objective, self.run_dir)
-        return TrainResult(self.step, completed, self.last_checkpoint, self.last_train, self.last_valid,
+            try:
+                self.checkpoints.close()
+            finally:
+                self.metrics.close()
+                if self.env.is_main:
+                    sync_mirror(self.cfg.run_dir)
+        return TrainResult(self.step, completed, self.checkpoints.last_saved, self.last_train, self.last_valid,
                            stopped_by_peer=not completed and not stop.requested)
 
+    def _states(self) -> dict[str, Any]:
+        """The stateful components a checkpoint holds, by their name in the file."""
+        return {"objective": self.objective, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "data": ReaderPosition(self), "rng": self.rng}
+
     def _run(self, stop: StopRequest) -> None:
-        rng_state = self._restore()
-        if self.env.is_main:
-            self._write_config()
+        self.step = self.checkpoints.restore(self._states())
+        first_step = self.step + 1
         model = self._wrap()
         with sigterm_held():
             batches = iter(self._loader(self.train_data))
         # Last before the loop, so nothing else draws from the RNGs between the restore and the first step.
-        if rng_state is None:
-            seed_everything(self.cfg.seed + self.env.rank)
-        else:
-            restore_rng_state(rng_state)
+        self.rng.apply()
         self.objective.train()
         watch = Stopwatch()
         stopping = False
         while self.step < self.cfg.max_steps and not stopping:
             stopping = self._train_step(model, batches, watch, stop)
             self.step += 1
+            if self.step == first_step and self.env.is_main:
+                # Only once a step ran: a start that fails (bad shapes, data) leaves no config.yaml behind.
+                self._write_config()
             if stopping:
                 log.warning("SIGTERM received: stopping at step %d after a checkpoint", self.step)
             if stopping or self._due(self.cfg.log_every):
@@ -202,7 +210,9 @@ class Trainer:
             if not stopping and self.valid_data is not None and self._due(self.cfg.eval_every):
                 self.last_valid = self._validate()
             if stopping or self._due(self.cfg.checkpoint_every):
-                self._save()
+                self.checkpoints.save(self.step, self._states())
+                if self.env.is_main:
+                    sync_mirror(self.cfg.run_dir)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -215,8 +225,13 @@ class Trainer:
 
     def _train_step(self, model: nn.Module, batches: Iterator[dict[str, Any]], watch: Stopwatch,
                     stop: StopRequest) -> bool:
-        """One optimizer step over grad_accum_steps micro-batches; True when any rank got SIGTERM."""
+        """One optimizer step over grad_accum_steps micro-batches; True when any rank got SIGTERM.
+
+        A step whose loss or gradients are not finite is skipped (no update, not reported); more than
+        `nonfinite_skips` in a row stop the run. Gradients are already all-reduced, so every rank sees the
+        same norm and decides alike, on the same device-to-host copy that reads the stop vote."""
         accum = self.cfg.grad_accum_steps
+        outs = []
         for micro in range(accum):
             started = time.perf_counter()
             batch = next(batches)
@@ -230,15 +245,34 @@ class Trainer:
                     out = model(batch)
                 loss, stop_votes = self._scaled_loss(out, stop.requested)
                 loss.backward()
-            self._record(batch, out)
+            outs.append((batch, detached(out)))
         grad_norm = nn.utils.clip_grad_norm_(self.objective.parameters(), self.max_grad_norm)
+        votes, finite = torch.stack([stop_votes.double(), torch.isfinite(grad_norm).double()]).tolist()
+        watch.steps += 1
+        if not finite:
+            self._skip_nonfinite_step(grad_norm.item())
+            return votes > 0
+        self.nonfinite_in_a_row = 0
+        for batch, out in outs:
+            self._record(batch, out)
         self.grad_norms += grad_norm.detach().to(torch.float64)
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        watch.steps += 1
-        return stop_votes.item() > 0
+        return votes > 0
+
+    def _skip_nonfinite_step(self, grad_norm: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        step = self.step + 1
+        if self.nonfinite_in_a_row > self.cfg.nonfinite_skips:
+            last_good = self.checkpoints.newest() or "none (no checkpoint was written)"
+            raise UserError(f"step {step}: loss or gradients NaN/inf for {self.nonfinite_in_a_row} steps in a row "
+                            f"(train.nonfinite_skips={self.cfg.nonfinite_skips}); last good checkpoint: "
+                            f"{last_good}; lower optim.lr, check the data or init_from weights")
+        log.warning("step %d: loss or gradients are not finite (grad norm %s): step skipped (%d in a row, "
+                    "train.nonfinite_skips=%d)", step, grad_norm, self.nonfinite_in_a_row, self.cfg.nonfinite_skips)
 
     def _scaled_loss(self, out: dict[str, Any], stop_requested: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to backpropagate, number of ranks asking to stop).
@@ -275,6 +309,8 @@ class Trainer:
         metrics = self.metric_window.reduce(self.env)
         tokens = all_reduce_sum(self.tokens.clone(), self.env).item()
         elapsed, data_wait, steps = watch.lap()
+        if not losses:  # every step of the window was skipped (non-finite): already warned about
+            return
         tokens_per_s = tokens / elapsed if self.reports_tokens else None
         losses = {"loss": self._weighted(losses), **losses}
         record = TrainRecord(
@@ -315,7 +351,8 @@ class Trainer:
         means = losses.reduce(self.env)
         results = {"loss": self._weighted(means), **means}
         for name in getattr(self.objective, "perplexity_terms", ()):
-            results[f"{name}_ppl"] = math.exp(means[name]) if means[name] < 700 else math.inf
+            if name in means:
+                results[f"{name}_ppl"] = math.exp(means[name]) if means[name] < 700 else math.inf
         results.update(metrics.reduce(self.env))
         self.metrics.valid(self.step, results)
         return results
@@ -342,80 +379,60 @@ class Trainer:
 
     def _write_config(self) -> None:
         text = yaml.safe_dump(self.resolved_config, sort_keys=False)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(text, encoding="utf-8")
+        path = self.run_dir / "config.yaml"
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise UserError(describe_os_error(err, "write", path)) from None
         log.info("resolved config:\n%s", text.rstrip())
 
-    def _save(self) -> None:
-        # Every rank's RNG state, so that a resumed run replays every rank's dropout exactly.
-        rng = all_gather_object(capture_rng_state(), self.env)
-        if self.writer is None:
-            return
-        self.last_checkpoint = self.writer.save(self.step, {
-            "format": FORMAT_VERSION,
-            "step": self.step,
-            "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "data": self.train_data.state_dict(self.cursor),
-            "rng": rng,
-            "config": self.resolved_config,
-        })
 
-    def _restore(self) -> dict[str, Any] | None:
-        """Load the checkpoint `resume` selects into the objective, optimizer, scheduler and reader;
-        return this rank's saved RNG state (applied just before the loop), or None for a fresh start."""
-        found = self._resume_checkpoint()
-        if found is None:
-            return None
-        path, state = found
-        load_module_state(self.objective, state["objective"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.train_data.load_state_dict(state["data"])
-        self.step = state["step"]
-        log.info("resumed from %s at step %d", path, self.step)
-        if self.env.rank < len(state["rng"]):
-            return state["rng"][self.env.rank]
-        log.warning("%s was written by %d ranks: rank %d starts from a fresh seed", path, len(state["rng"]),
-                    self.env.rank)
-        return None
+def detached(out: dict[str, Any]) -> dict[str, Any]:
+    """An objective output without autograd history, kept until the step is known to be finite."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        if isinstance(value, dict):
+            return {key: strip(inner) for key, inner in value.items()}
+        if isinstance(value, tuple):
+            return tuple(strip(inner) for inner in value)
+        return value
+    return strip(out)
 
-    def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """(path, state) to resume from: chosen by rank 0 (which alone may rename corrupt files) and
-        shared, together with any error, with every rank; the others then read the same file."""
-        found: tuple[Path, dict[str, Any]] | None = None
-        decision: tuple[str | None, str | None] = (None, None)  # (path, error)
-        if self.env.is_main:
-            try:
-                found = self._choose_checkpoint()
-                decision = (str(found[0]) if found else None, None)
-            except UserError as err:
-                decision = (None, str(err))
-        path, error = broadcast_object(decision, self.env)
-        if error is not None:
-            raise UserError(error)
-        if path is None or found is not None:
-            return found
-        try:
-            return Path(path), load_checkpoint(Path(path))
-        except CheckpointError as err:
-            raise CheckpointError(f"rank {self.env.rank} cannot use the checkpoint rank 0 chose ({err}); "
-                                  "train.run_dir must be on storage shared by every pod") from None
 
-    def _choose_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """Rank 0: the checkpoint `resume` names (auto: the newest valid one; none: no checkpoint).
-        Refuses a run_dir holding checkpoints of later steps, which would be pruned or auto-resumed
-        in place of this run's."""
-        found: tuple[Path, dict[str, Any]] | None = None
-        if self.cfg.resume == "auto":
-            found = find_latest(self.checkpoint_dir)
-        elif self.cfg.resume != "none":
-            path = Path(self.cfg.resume)
-            found = path, load_checkpoint(path)
-        start = found[1]["step"] if found else 0
-        later = [path for step, path in list_checkpoints(self.checkpoint_dir) if step > start]
-        if later:
-            raise UserError(f"{self.checkpoint_dir} holds checkpoints past step {start} (newest {later[-1].name}); "
-                            "use train.resume=auto to continue that run, or a new train.run_dir")
-        return found
+class ReaderPosition:
+    """The train reader's state at the trainer's cursor, as a checkpoint component."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trainer.train_data.state_dict(self.trainer.cursor)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.train_data.load_state_dict(state)
+
+
+class RankRng:
+    """Every rank's RNG streams as a checkpoint component: saved from all ranks (so a resumed run replays
+    every rank's dropout exactly), restored by `apply()` just before the loop."""
+
+    def __init__(self, env: DistEnv, seed: int) -> None:
+        self.env, self.seed = env, seed
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return all_gather_object(capture_rng_state(), self.env)
+
+    def load_state_dict(self, per_rank: list[dict[str, Any]]) -> None:
+        if self.env.rank < len(per_rank):
+            self.pending = per_rank[self.env.rank]
+        else:
+            log.warning("the checkpoint was written by %d ranks: rank %d starts from a fresh seed", len(per_rank),
+                        self.env.rank)
+
+    def apply(self) -> None:
+        if self.pending is None:
+            seed_everything(self.seed + self.env.rank)
+        else:
+            restore_rng_state(self.pending)

@@ -50,6 +50,8 @@ def test_electra_losses_fall_on_sample_text(sample_data, tmp_path):
     assert 0.0 <= valid["discriminator_accuracy"] <= 1.0 and 0.0 <= valid["replaced_recall"] <= 1.0
     assert 0.0 < valid["replaced_auc"] < 1.0 and 0.5 < valid["original_rate"] < 1.0
     assert not any(math.isnan(value) for value in {**result.train, **valid}.values())
+    # Reported only once the discriminator flags something (no "nan" while its precision is undefined).
+    assert 0.0 <= valid.get("replaced_precision", 0.0) <= 1.0
 
 
 DETERMINISTIC = ["model.dropout=0.0", "train.max_steps=6", "train.checkpoint_every=2", "train.grad_accum_steps=2",

@@ -1,0 +1,73 @@
+"""Class 5: data that disagrees with itself. Token ids past the vocab are found as they are read and by
+`inspect`; an index whose offsets decrease is refused on open; `inspect --verify` checks every byte."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.errors import DataError
+from data_pipeline.preprocess import preprocess
+from data_pipeline.readers import ShardedDataset
+from data_pipeline.shards import Shard
+from tests.export.helpers import write_vocab
+from tests.faults.harness import python
+
+LINES = "".join(f"tok{i % 50} tok{(i * 7) % 50} tok{(i * 3) % 50} tok{i % 11}\n" for i in range(200))
+PAIRS = "".join(f"tok{i % 50} tok{i % 7}\ttok{(i * 3) % 50} tok{i % 5} tok1\n" for i in range(200))
+
+
+def shards(tmp_path: Path, text: str, paired: bool) -> Path:
+    vocab = write_vocab(tmp_path / "tokenizer")
+    corpus = tmp_path / ("pairs.tsv" if paired else "lines.txt")
+    corpus.write_text(text)
+    return preprocess([corpus], tmp_path / "shards", vocab, paired=paired, processes=1, progress=False).out_dir
+
+
+def poke(path: Path, dtype: str, index: int, value: int) -> None:
+    """Overwrite item `index` of a raw little-endian array file in place (as a bad copy or a bit rot would)."""
+    data = np.fromfile(path, dtype=dtype)
+    data[index] = value
+    data.tofile(path)
+
+
+@pytest.fixture
+def out_of_vocab_shards(tmp_path) -> Path:
+    directory = shards(tmp_path, LINES, paired=False)
+    poke(directory / "shard-00000.text.bin", "<u2", 17, 60000)  # vocab_size is 100
+    return directory
+
+
+def test_a_token_id_past_the_vocab_is_a_data_error_as_it_is_read(out_of_vocab_shards):
+    reader = ShardedDataset(out_of_vocab_shards, nctx=16, batch_size=4, epochs=1, shuffle=False)
+    with pytest.raises(DataError, match=r"shard-00000.text.bin: token id 60000 at position 17 is >= vocab_size"):
+        list(reader)
+
+
+def test_inspect_reports_a_token_id_past_the_vocab(out_of_vocab_shards):
+    python(["-m", "data_pipeline", "inspect", str(out_of_vocab_shards)]).assert_one_line_error(
+        "token id 60000 is >= vocab_size", "--verify")
+
+
+def test_inspect_verify_finds_a_changed_byte_the_cheap_checks_miss(tmp_path):
+    directory = shards(tmp_path, LINES, paired=False)
+    poke(directory / "shard-00000.text.bin", "<u2", 3, 7)  # still a valid id
+    assert python(["-m", "data_pipeline", "inspect", str(directory)]).code == 0
+    python(["-m", "data_pipeline", "inspect", str(directory), "--verify"]).assert_one_line_error(
+        "shard-00000.json", "do not match the digest")
+
+
+def test_inspect_verify_passes_intact_shards(tmp_path):
+    directory = shards(tmp_path, PAIRS, paired=True)
+    outcome = python(["-m", "data_pipeline", "inspect", str(directory), "--verify"])
+    assert outcome.code == 0 and "verified 1 shard(s)" in outcome.stdout
+
+
+def test_an_index_with_decreasing_offsets_is_refused_on_open(tmp_path):
+    directory = shards(tmp_path, PAIRS, paired=True)
+    idx = directory / "shard-00000.left.idx"
+    offsets = np.fromfile(idx, dtype="<i8")
+    poke(idx, "<i8", 5, int(offsets[3]))  # doc 4 would end before it starts: overlapping documents
+    with pytest.raises(DataError, match=r"shard-00000.left.idx: offsets decrease at document 4"):
+        Shard.open(directory / "shard-00000")
