@@ -159,18 +159,21 @@ class CheckpointManager:
         self.last_saved = self.writer.save(step, {"format": FORMAT_VERSION, "step": step, **state,
                                                   "config": self.config})
 
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; its error, if it failed, is raised here."""
+        if self.writer is not None:
+            self.writer.wait()
+
     def newest(self) -> str | None:
         """Rank 0: the newest checkpoint of this run once written (waiting for the write in flight), or the
         one it resumed from; for messages that must name where to go back to."""
-        if self.writer is not None:
-            self.writer.wait()
+        self.wait()
         return str(self.last_saved) if self.last_saved is not None else self._restored
 
     def close(self) -> None:
         """Wait for the write in flight (raising its error) and give up ownership of the run directory."""
         try:
-            if self.writer is not None:
-                self.writer.wait()
+            self.wait()
         finally:
             if self.ownership is not None:
                 self.ownership.release()
