@@ -68,6 +68,7 @@ def trainer_cases(cli: str) -> list[Case]:
         (with_base("data.train={text_dir}"), "no shards found"),
         (with_base("data.tokenizer.vocab={dir}/missing-vocab.txt"), "missing-vocab.txt"),
         (with_base("data.tokenizer.vocab={empty}"), "empty.txt"),
+        (with_base("data.tokenizer.lowercase=false"), "lowercase"),  # the shards are uncased
         (with_base("train.run_dir={a_file}/run"), "a_file"),
         (with_base("train.resume={dir}/missing.pt"), "missing.pt"),
         (with_base("train.resume={text_pt}"), "text.pt"),

@@ -16,7 +16,8 @@ from data_pipeline.text_files import expand_inputs
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
 from data_pipeline.vocab_learning import learn_vocab
 from tests.data_pipeline.conftest import small_corpus  # noqa: F401 (a session fixture)
-from tests.export.helpers import write_vocab
+from export import export_model, load_pretrained
+from tests.export.helpers import random_model, write_vocab
 from tests.faults.harness import NO_DAC, python
 
 LINES = "".join(f"tok{i % 50} tok{(i * 7) % 50} tok{(i * 3) % 50} tok{i % 11}\n" for i in range(200))
@@ -111,3 +112,15 @@ def test_bpe_codes_from_another_model_are_refused(small_corpus, tmp_path):
     with pytest.raises(DataError, match=r"theirs/codes does not belong to .*ours/vocab: \d+ of \d+ vocab tokens"):
         load_tokenizer(mixed)
     load_tokenizer(ours)  # a matching pair loads
+
+
+def test_the_fingerprint_covers_lowercasing_and_a_cased_export_still_finds_its_tokenizer(tmp_path):
+    uncased = write_vocab(tmp_path / "tokenizer")
+    cased = TokenizerSpec("wordpiece", uncased.vocab, lowercase=False)
+    assert load_tokenizer(cased).fingerprint != load_tokenizer(uncased).fingerprint
+    directory = shards(tmp_path, LINES, paired=False)  # made uncased
+    with pytest.raises(DataError, match="settings, e.g. lowercase"):
+        ShardedDataset(directory, nctx=16, batch_size=4, expected_fingerprint=load_tokenizer(cased).fingerprint)
+    export_model(random_model(), cased, tmp_path / "export", ["npz"])
+    _, spec = load_pretrained(tmp_path / "export")
+    assert (spec.lowercase, load_tokenizer(spec).fingerprint) == (False, load_tokenizer(cased).fingerprint)
