@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
@@ -28,7 +26,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -58,7 +56,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _replace_entry(source: Path, target: Path) -> None:
@@ -70,15 +68,16 @@ def _replace_entry(source: Path, target: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(source, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _fsync_tree(root: Path) -> None:
     for directory, _, _ in os.walk(root):
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the renames and creations inside `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -89,6 +88,8 @@ def _fsync_dir(directory: Path) -> None:
 def save_torch(state: Any, handle: BinaryIO) -> None:
     """torch.save into an open file, raising the OSError a write hit (disk full, file too large) rather
     than the RuntimeError torch's zip writer turns it into."""
+    import torch  # here, not at the top: the data pipeline's worker processes import this module
+
     recorder = _WriteErrorRecorder(handle)
     try:
         torch.save(state, recorder)

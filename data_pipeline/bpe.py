@@ -110,6 +110,20 @@ def read_bpe_vocab(path: str) -> list[str]:
     return tokens
 
 
+def check_codes_fit_vocab(codes_path: str, merges: Sequence[tuple[str, str]], vocab_path: str,
+                          vocab: Sequence[str]) -> None:
+    """Every multi-character vocab token is the result of some merge in the codes: true of any codes and
+    vocab learned together, false for codes from another model (which would silently split words into
+    more, different pieces). DataError naming both files and the first token the codes cannot make."""
+    results = {left + right for left, right in merges}
+    orphans = [token for token in vocab
+               if len(token_symbol(token).removesuffix(END_OF_WORD)) > 1 and token_symbol(token) not in results]
+    if orphans:
+        raise DataError(f"{codes_path} does not belong to {vocab_path}: {len(orphans)} of {len(vocab)} vocab tokens "
+                        f"(e.g. {orphans[0]!r}) are made by no merge in the codes; use the codes learned with "
+                        "this vocab")
+
+
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """fastBPE prints its progress from C++; we have already validated and counted the files ourselves."""
@@ -148,8 +162,9 @@ class BPETokenizer:
         if not spec.codes:
             raise DataError("a BPE tokenizer needs both a codes and a vocab file: pass --codes (or set codes)")
         self.spec = spec
-        read_bpe_codes(spec.codes)
-        self._tokens = list(SPECIAL_TOKENS) + read_bpe_vocab(spec.vocab)
+        vocab = read_bpe_vocab(spec.vocab)
+        check_codes_fit_vocab(spec.codes, read_bpe_codes(spec.codes), spec.vocab, vocab)
+        self._tokens = list(SPECIAL_TOKENS) + vocab
         self._ids = {token: i for i, token in enumerate(self._tokens)}
         self._bpe = fastbpe_applier(spec.codes, spec.vocab)
         self._cache = WordCache(self._segment, cache_words)

@@ -71,8 +71,8 @@ def _open_shards(path: str | Path, expected_fingerprint: str | None, cache: Shar
                             f"stream layouts: put each preprocess run in its own directory")
     if expected_fingerprint not in (None, first.vocab_fingerprint):
         raise DataError(f"{path}: shards were made with tokenizer {first.vocab_fingerprint}, the trainer's "
-                        f"tokenizer is {expected_fingerprint}: re-run preprocess with the trainer's "
-                        f"tokenizer or train with the vocab the shards were made with")
+                        f"tokenizer is {expected_fingerprint} (its files and settings, e.g. lowercase): re-run "
+                        f"preprocess with the trainer's tokenizer or train with the one the shards were made with")
     return store
 
 

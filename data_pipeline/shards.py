@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from data_pipeline.atomic_files import fsync_dir
 from data_pipeline.errors import DataError
 
 FORMAT_VERSION = 1
@@ -120,14 +121,6 @@ def _tmp(path: Path) -> Path:
     return Path(f"{path}.tmp")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _HashedFile:
     """A binary file being written that hashes its bytes on the way, so nothing is read back."""
 
@@ -214,7 +207,7 @@ class ShardWriter:
             for handle, path in zip(files, _stream_paths(self.prefix, stream)):
                 content.update(handle.close())
                 os.replace(_tmp(path), path)
-        _fsync_dir(self.prefix.parent)  # the data renames are durable before the header can be
+        fsync_dir(self.prefix.parent)  # the data renames are durable before the header can be
         header = ShardHeader(
             format_version=FORMAT_VERSION,
             tokenizer_kind=self._tokenizer.kind,
@@ -233,7 +226,7 @@ class ShardWriter:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(_tmp(header_path), header_path)
-        _fsync_dir(self.prefix.parent)
+        fsync_dir(self.prefix.parent)
         return header
 
     def abort(self) -> None:

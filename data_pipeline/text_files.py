@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import gzip
 import logging
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,26 @@ class TextLine(NamedTuple):
 
 
 def _directory_files(directory: Path) -> list[Path]:
-    files = [p for p in directory.rglob("*")
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+    """Every non-hidden regular file below `directory`. A subdirectory that cannot be listed is a DataError
+    (skipping it would drop its files silently); hidden and non-regular entries are counted in a warning."""
+    def unreadable(err: OSError) -> None:
+        raise DataError(f"{err.filename}: cannot list this input directory ({err.strerror}): fix its "
+                        "permissions or leave it out of the inputs")
+
+    files: list[Path] = []
+    skipped = 0
+    for root, dirs, names in os.walk(directory, onerror=unreadable):
+        hidden = [name for name in dirs if name.startswith(".")]
+        skipped += len(hidden)
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        for name in names:
+            path = Path(root) / name
+            if name.startswith(".") or not path.is_file():
+                skipped += 1
+            else:
+                files.append(path)
+    if skipped:
+        log.warning("%s: skipped %d hidden or non-regular entr%s", directory, skipped, "y" if skipped == 1 else "ies")
     return sorted(files, key=lambda p: p.relative_to(directory).as_posix())
 
 

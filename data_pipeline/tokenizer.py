@@ -64,14 +64,24 @@ def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     raise UserError(f"unknown tokenizer kind {spec.kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
 
 
-def files_fingerprint(*paths: str | Path) -> str:
-    """sha256 (16 hex chars) of the files' contents, in order: equal files give equal token ids."""
+def files_fingerprint(*paths: str | Path, settings: str = "") -> str:
+    """sha256 (16 hex chars) of the files' contents, in order, and of `settings` (see `settings_tag`):
+    equal fingerprints give equal token ids."""
     digest = hashlib.sha256()
     for path in paths:
         data = Path(path).read_bytes()
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
+    if settings:
+        digest.update(settings.encode())
     return digest.hexdigest()[:16]
+
+
+def settings_tag(kind: str, lowercase: bool) -> str:
+    """The tokenizer settings that change token ids beyond its files, for `files_fingerprint`: a cased
+    WordPiece over the same vocab.txt is another tokenizer. The default (uncased) adds nothing, so the
+    fingerprints of existing shards and exports stay valid."""
+    return "cased" if kind == "wordpiece" and not lowercase else ""
 
 
 def read_vocab_lines(path: str | Path, what: str) -> list[str]:

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from data_pipeline.errors import DataError
-from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, read_vocab_lines, token_flags
+from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, read_vocab_lines, settings_tag, token_flags
 from data_pipeline.word_cache import DEFAULT_CACHE_WORDS, WordCache
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -96,7 +96,7 @@ class WordPieceTokenizer:
         self._special = token_flags(tokens, is_reserved)
         self.special_ids = frozenset(np.flatnonzero(self._special).tolist())
         self._starts_word = ~token_flags(tokens, lambda t: t.startswith(CONTINUATION_PREFIX)) | self._special
-        self.fingerprint = files_fingerprint(spec.vocab)
+        self.fingerprint = files_fingerprint(spec.vocab, settings=settings_tag(spec.kind, spec.lowercase))
 
     def __reduce__(self) -> tuple:
         return (WordPieceTokenizer, (self.spec, self._cache.max_words))

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from data_pipeline.errors import UserError
-from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, load_tokenizer
+from data_pipeline.tokenizer import TokenizerSpec, files_fingerprint, load_tokenizer, settings_tag
 from data_pipeline.atomic_files import atomic_write_bytes
 from pretrain.adapters import ExportAdapter, adapter_named, adapter_of
 
@@ -105,7 +105,9 @@ def write_tokenizer_files(files: Mapping[str, bytes], directory: Path) -> None:
 def _spec_in(manifest: Manifest, directory: Path) -> TokenizerSpec | None:
     """The spec of the manifest's tokenizer files in `directory`, if they are all there and unchanged."""
     paths = [directory / name for name in TOKENIZER_FILES[manifest.tokenizer_kind]]
-    if not all(path.is_file() for path in paths) or files_fingerprint(*paths) != manifest.tokenizer_fingerprint:
+    settings = settings_tag(manifest.tokenizer_kind, manifest.tokenizer_lowercase)
+    if (not all(path.is_file() for path in paths)
+            or files_fingerprint(*paths, settings=settings) != manifest.tokenizer_fingerprint):
         return None
     return TokenizerSpec(kind=manifest.tokenizer_kind, vocab=str(paths[0]),
                          codes=str(paths[1]) if len(paths) > 1 else None, lowercase=manifest.tokenizer_lowercase)

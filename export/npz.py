@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def read_npz(path: Path) -> tuple[Manifest, dict[str, torch.Tensor], dict[str, b
             arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; pass the .npz written by `python -m export`") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a damaged zip or member
         raise UserError(f"{path}: not a readable NPZ file ({err}); re-export it") from None
     if MANIFEST_KEY not in arrays:
         raise UserError(f"{path}: an NPZ without a {MANIFEST_KEY} entry (not written by this project); "

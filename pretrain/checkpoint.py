@@ -20,7 +20,7 @@ import random
 import re
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -174,16 +174,22 @@ def read_checkpoint(storage: RunStorage, name: str) -> dict[str, Any]:
 
 
 def find_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in `directory` that loads, with its state, or None if there is none.
+    """The newest checkpoint in `directory` that loads, with its state, or None (see `newest_valid`)."""
+    storage = LocalRunStorage(directory)
+    found = newest_valid(storage, lambda name: read_checkpoint(storage, name))
+    return (directory / found[0], found[1]) if found else None
+
+
+def newest_valid(storage: RunStorage, read: Callable[[str], dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """(name, state) of the newest checkpoint in `storage` that `read` loads, or None if there is none.
 
     A corrupt file is skipped with a warning and renamed to NAME.corrupt, so it is kept for inspection
     but never chosen again and never shadows the checkpoints this run writes next. A file that could
     not be read (CheckpointUnreadable) is not corrupt: the error is raised and the file left alone.
     """
-    storage = LocalRunStorage(directory)
     for _, name in reversed(checkpoint_names(storage)):
         try:
-            return directory / name, read_checkpoint(storage, name)
+            return name, read(name)
         except CheckpointUnreadable:
             raise
         except CheckpointError as err:

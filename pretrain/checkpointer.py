@@ -18,7 +18,8 @@ from torch import nn
 
 from data_pipeline.errors import UserError, describe_os_error
 from pretrain.checkpoint import (CORRUPT_SUFFIX, FORMAT_VERSION, CheckpointError, CheckpointUnreadable,
-                                 CheckpointWriter, checkpoint_names, load_module_state, read_checkpoint)
+                                 CheckpointWriter, checkpoint_names, load_module_state, newest_valid,
+                                 read_checkpoint)
 from pretrain.distributed import DistEnv, broadcast_object
 from pretrain.run_owner import RunOwnership
 from pretrain.object_run_storage import run_storage, split_location
@@ -119,14 +120,9 @@ class CheckpointManager:
         """The newest checkpoint that verifies; corrupt ones are renamed NAME.corrupt and skipped. If
         checkpoints were written here and none is usable, the run stops: starting again from step 0
         must be asked for (train.resume=none)."""
-        for _, name in reversed(checkpoint_names(self.storage)):
-            try:
-                return self.storage.location(name), self._read_with_retries(self.storage, name)
-            except CheckpointUnreadable:
-                raise
-            except CheckpointError as err:
-                log.warning("%s; renamed it to %s and skipped it", err, name + CORRUPT_SUFFIX)
-                self.storage.rename(name, name + CORRUPT_SUFFIX)
+        found = newest_valid(self.storage, lambda name: self._read_with_retries(self.storage, name))
+        if found is not None:
+            return self.storage.location(found[0]), found[1]
         corrupt = [name for name in self.storage.list() if name.endswith(CORRUPT_SUFFIX)]
         if corrupt:
             raise CheckpointError(f"no checkpoint in {self.storage.location()} is usable ({len(corrupt)} renamed "
@@ -159,18 +155,21 @@ class CheckpointManager:
         self.last_saved = self.writer.save(step, {"format": FORMAT_VERSION, "step": step, **state,
                                                   "config": self.config})
 
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; its error, if it failed, is raised here."""
+        if self.writer is not None:
+            self.writer.wait()
+
     def newest(self) -> str | None:
         """Rank 0: the newest checkpoint of this run once written (waiting for the write in flight), or the
         one it resumed from; for messages that must name where to go back to."""
-        if self.writer is not None:
-            self.writer.wait()
+        self.wait()
         return str(self.last_saved) if self.last_saved is not None else self._restored
 
     def close(self) -> None:
         """Wait for the write in flight (raising its error) and give up ownership of the run directory."""
         try:
-            if self.writer is not None:
-                self.writer.wait()
+            self.wait()
         finally:
             if self.ownership is not None:
                 self.ownership.release()

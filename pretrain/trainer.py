@@ -168,6 +168,7 @@ class Trainer:
         try:
             with StopRequest().on_sigterm() as stop:
                 self._run(stop)
+            self.checkpoints.wait()  # the last checkpoint is on disk (or its error raised) before any export
             completed = self.step >= self.cfg.max_steps
             if completed and self.export is not None and self.env.is_main:
                 self.export(self.objective, self.run_dir)
