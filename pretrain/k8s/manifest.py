@@ -30,6 +30,7 @@ MASTER_PORT = 23456
 RUN_AS = 10001                        # the image's non-root user (Dockerfile)
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on every pod of a job
 
+GRACE_PERIOD_S, TORCHRUN_SHUTDOWN_S = 90, 75   # SIGTERM -> SIGKILL: the kubelet's, and torchrun's to its ranks
 CPUS_PER_GPU, MEMORY_GIB_PER_GPU, SHM_GIB_PER_GPU = 8, 32, 8   # per-pod defaults (a CPU pod counts as 1)
 # Keys the job's command sets itself, which an override would silently replace.
 JOB_SETS = {"train.run_dir": f"{CHECKPOINTS_DIR}/<job name>", "train.resume": "auto"}
@@ -208,6 +209,9 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
             {"name": "JOB_NAME",
              "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{wiring.job_name_label}']"}}},
             dict(HOME_ON_TMP),
+            # torchrun waits this long for its ranks after forwarding SIGTERM, then kills them: shorter
+            # than the pod's grace period, so it is torchrun, not the kubelet, that decides.
+            {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(TORCHRUN_SHUTDOWN_S)},
         ],
         **({"ports": [dict(port) for port in wiring.ports]} if wiring.ports else {}),
         "resources": {"requests": requests, "limits": limits},
@@ -221,6 +225,8 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
         ],
     }
     return {"spec": {
+        # After SIGTERM, time for every rank to finish its step and write the stop checkpoint.
+        "terminationGracePeriodSeconds": GRACE_PERIOD_S,
         "securityContext": pod_security(),
         "containers": [container],
         "volumes": [

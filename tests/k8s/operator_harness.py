@@ -10,8 +10,9 @@ For pod <job>-<type>-<index> the harness
   Worker replicas), PET_MAX_RESTARTS; always PET_NPROC_PER_NODE (nprocPerNode);
 - resolves the container's own env (values and fieldRefs to the pod's name, namespace and the labels
   the operator puts on it) and expands $(VAR) in the command as the kubelet does;
-- stands in for the cluster's network and volumes: every pod address is 127.0.0.1, the job's port
-  is a free local port (pods share this machine's network namespace), each volumeMount's path in the
+- stands in for the cluster's network and volumes: each pod is named as its pod (hostname) and
+  resolves every pod name of the job, through its own /etc/hosts, to that pod's loopback address
+  (127.0.0.2, ...); the job's port is a free local port (pods share this machine's network namespace); each volumeMount's path in the
   command, env and workingDir becomes a local directory (a PVC: the directory given for its claim;
   a ConfigMap: a directory holding its keys as files; an emptyDir: a fresh directory);
 - runs each pod as a container would: in its own PID and mount namespaces (`unshare`, as root), so
@@ -60,6 +61,7 @@ class Pod:
     log_path: Path
     read_only: list[Path] = field(default_factory=list)   # local directories mounted read-only
     grace_s: float = 30.0                                  # terminationGracePeriodSeconds
+    hosts: Path | None = None                              # the job's /etc/hosts: pod name -> address
     restarts: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -69,7 +71,8 @@ class Pod:
         log = self.log_path.open("a")
         log.write(f"--- {self.name} start {self.restarts}\n")
         log.flush()
-        self.process = subprocess.Popen(in_container(self.command, self.cwd, self.read_only), env=self.env,
+        self.process = subprocess.Popen(in_container(self.command, self.cwd, self.read_only, self.name, self.hosts),
+                                        env=self.env,
                                         cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         log.close()
@@ -112,15 +115,20 @@ class Pod:
         return self.log_path.read_text(errors="replace")
 
 
-def in_container(command: list[str], cwd: Path, read_only: list[Path]) -> list[str]:
-    """`command` as a container's first process: PID 1 of new PID and mount namespaces (needs root),
-    where each of `read_only` is a read-only bind mount (writes fail with EROFS), and `cwd` is entered
-    only after the remount (a directory entered before it would still be the writable mount)."""
-    remounts = "".join(f"mount --bind {d} {d} && mount -o remount,bind,ro {d} {d} && "
-                       for d in map(shlex.quote, map(str, read_only)))
-    script = f'{remounts}cd {shlex.quote(str(cwd))} && exec "$@"'
-    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script, "container",
-            *command]
+def in_container(command: list[str], cwd: Path, read_only: list[Path], hostname: str = "container",
+                 hosts: Path | None = None) -> list[str]:
+    """`command` as a container's first process: PID 1 of new PID, mount and UTS namespaces (needs
+    root), named `hostname` as a pod is, with `hosts` as /etc/hosts (the cluster's DNS for the job's
+    pods), where each of `read_only` is a read-only bind mount (writes fail with EROFS), and `cwd` is
+    entered only after the remount (a directory entered before it would still be the writable mount)."""
+    setup = [f"hostname {shlex.quote(hostname)}"]
+    if hosts is not None:
+        setup.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
+    for d in map(shlex.quote, map(str, read_only)):
+        setup += [f"mount --bind {d} {d}", f"mount -o remount,bind,ro {d} {d}"]
+    script = " && ".join([*setup, f'cd {shlex.quote(str(cwd))}', 'exec "$@"'])
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--uts", "--kill-child", "sh", "-c", script,
+            "container", *command]
 
 
 class LocalJob:
@@ -141,9 +149,14 @@ class LocalJob:
             for p in _pytorch_container(rspec)["ports"]:
                 if p["name"] == "pytorchjob-port":
                     p["containerPort"] = port
-        self.pods = [self._pod(job, rtype, index)
-                     for rtype, rspec in job["spec"]["pytorchReplicaSpecs"].items()
-                     for index in range(rspec["replicas"])]
+        slots = [(rtype, index) for rtype, rspec in job["spec"]["pytorchReplicaSpecs"].items()
+                 for index in range(rspec["replicas"])]
+        # Every pod its own loopback address under its own name, as the cluster's DNS gives each pod one:
+        # torchrun's c10d rendezvous hosts its store only in the pod whose address the endpoint names.
+        self.hosts = workdir / f"{self.name}-hosts"
+        self.hosts.write_text("127.0.0.1 localhost\n" + "".join(
+            f"127.0.0.{2 + i} {self.name}-{rtype.lower()}-{index}\n" for i, (rtype, index) in enumerate(slots)))
+        self.pods = [self._pod(job, rtype, index) for rtype, index in slots]
 
     def pod(self, name: str) -> Pod:
         return next(p for p in self.pods if p.name == name)
@@ -195,11 +208,11 @@ class LocalJob:
                   "training.kubeflow.org/replica-index": str(index)}
         if rtype == "Master":
             labels["training.kubeflow.org/job-role"] = "master"
-        hosts = {f"{self.name}-master-0": "127.0.0.1", f"{self.name}-worker-0": "127.0.0.1"}
-        added = {key: _replace_all(value, hosts) for key, value in operator_env(job, rtype, index).items()}
         rspec = job["spec"]["pytorchReplicaSpecs"][rtype]
-        return local_pod(f"{self.name}-{rtype.lower()}-{index}", rspec["template"]["spec"], _pytorch_container(rspec),
-                         labels, added, self.claims, self.config_maps, self.workdir)
+        pod = local_pod(f"{self.name}-{rtype.lower()}-{index}", rspec["template"]["spec"], _pytorch_container(rspec),
+                        labels, operator_env(job, rtype, index), self.claims, self.config_maps, self.workdir)
+        pod.hosts = self.hosts
+        return pod
 
 
 def run_batch_job(job: dict[str, Any], claims: dict[str, Path], workdir: Path, timeout_s: float) -> Pod:
@@ -328,9 +341,3 @@ def _localize(text: str, mounts: dict[str, Path]) -> str:
     paths = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
     pattern = re.compile(rf"(^|[=\s\"'\[,])({paths})(?=/|$|[\s\"'\],])")
     return pattern.sub(lambda m: m[1] + str(mounts[m[2]]), text)
-
-
-def _replace_all(text: str, replacements: dict[str, str]) -> str:
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return text

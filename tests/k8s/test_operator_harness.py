@@ -35,6 +35,7 @@ def test_local_pods_run_the_manifest_command_on_local_volumes(tmp_path: Path) ->
                               "train.max_steps=4"]
     assert (config_dir / "config.yaml").read_text() == "train: {}\n"
     assert master.cwd == claims["pretrain-data"]
-    assert master.env["MASTER_ADDR"] == worker.env["PET_MASTER_ADDR"] == "127.0.0.1"
+    assert master.env["MASTER_ADDR"] == worker.env["PET_MASTER_ADDR"] == "demo-master-0"
+    assert master.hosts.read_text() == "127.0.0.1 localhost\n127.0.0.2 demo-master-0\n127.0.0.3 demo-worker-0\n"
     assert master.env["MASTER_PORT"] == worker.env["MASTER_PORT"] != "23456"
     assert master.env["JOB_NAME"] == "demo" and Path(master.env["HOME"]).parent == tmp_path

@@ -1,0 +1,77 @@
+"""README section 4 replayed step by step through the strict operator harness: the data Job fills the
+data volume (fixture), `submit` (rendered with the README's own flags) trains, a pod is deleted and comes
+back, the job is submitted again to train longer and resumes, and `submit export` exports the run.
+
+Only the size changes: overrides appended to the README's commands make the run a few steps long."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pretrain.checkpoint import list_checkpoints
+from tests.k8s.conftest import ROOT, TIMEOUT_S
+from tests.k8s.operator_harness import LocalJob, run_batch_job
+from tests.pretrain.processes import process_env
+
+SHORT = ("data.batch_size=8", "train.checkpoint_every=4", "train.eval_every=0", "train.log_every=4",
+         "train.num_workers=1", "train.tensorboard=false", "train.max_steps=8")
+
+
+def readme_submit_commands() -> list[list[str]]:
+    """The `python -m pretrain.submit submit ...` commands of README section 4, as argument lists."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## 4. Kubernetes", 1)[1]
+    commands = re.findall(r"^python -m pretrain\.submit submit (.*?(?:\\\n.*?)*)$", section, re.MULTILINE)
+    return [shlex.split(command.replace("\\\n", " ")) for command in commands]
+
+
+def submit_cli(*args: str) -> list[dict]:
+    """The resources `python -m pretrain.submit ARGS` prints (render, export --render)."""
+    done = subprocess.run([sys.executable, "-m", "pretrain.submit", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=process_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    return list(yaml.safe_load_all(done.stdout))
+
+
+def run_job(resources: list[dict], claims: dict[str, Path], workdir: Path, delete_pod: str = "") -> LocalJob:
+    workdir.mkdir()
+    job = LocalJob(resources, claims, workdir)
+    checkpoints = claims["pretrain-checkpoints"] / job.name / "checkpoints"
+    before = len(list_checkpoints(checkpoints))
+    job.start()
+    try:
+        if delete_pod:
+            job.run_until(lambda _: len(list_checkpoints(checkpoints)) > before, timeout_s=TIMEOUT_S)
+            job.delete_pod(delete_pod)
+        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
+    finally:
+        job.kill()
+    return job
+
+
+@pytest.mark.slow
+def test_readme_walk_from_data_job_to_export(data_volume: Path, tmp_path: Path) -> None:
+    first, again = readme_submit_commands()
+    assert again[:len(first)] == first and again[len(first):] == ["train.max_steps=1200"]
+    claims = {"pretrain-data": data_volume, "pretrain-checkpoints": tmp_path / "checkpoints"}
+    claims["pretrain-checkpoints"].mkdir()
+    run_dir = claims["pretrain-checkpoints"] / "tiny-mlm"
+
+    # 3. Train, and lose a pod on the way (`kubectl delete pod`): it comes back and the job finishes.
+    job = run_job(submit_cli("render", *first, *SHORT), claims, tmp_path / "first", "tiny-mlm-worker-0")
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 8, job.logs()
+
+    # 4. Train longer: the same name again resumes from the newest checkpoint.
+    job = run_job(submit_cli("render", *again, *SHORT, "train.max_steps=12"), claims, tmp_path / "again")
+    assert "resumed from" in job.logs() and "at step 8" in job.logs()
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 12
+
+    # 5. Export.
+    [export] = submit_cli("export", "tiny-mlm", "--render")
+    run_batch_job(export, claims, tmp_path, TIMEOUT_S)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.npz", "model.pt", "vocab.txt"]
