@@ -1,6 +1,7 @@
 """Every PyTorchJob shipped under k8s/ runs to completion through the strict operator harness (read-only
 /data, pods as PID namespaces), as kustomize renders it, shrunk by config overrides to a CPU-sized model
-and two steps: the GPU recipes find their data where their headers say and export at the end."""
+and two steps: the GPU recipes find their data where their headers say and export at the end. The same
+for every TrainJob under k8s/trainjob, on the shipped TrainingRuntime, through the Trainer v2 harness."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ from pretrain.checkpoint import list_checkpoints
 from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.kustomize import build
 from tests.k8s.operator_harness import LocalJob
+from tests.k8s.trainer_harness import LocalTrainJob
 
 SHRINK = ("model.d_model=48", "model.num_heads=3", "model.layers=1", "model.d_ff=96", "data.batch_size=4",
           "train.max_steps=2", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=1",
@@ -27,15 +29,22 @@ JOBS = {   # kustomization -> (job name, overrides)
 }
 
 
+TRAINJOBS = {f"trainjob/{directory}": job for directory, job in JOBS.items() if directory != "overlays/elastic"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("directory", JOBS)
+@pytest.mark.parametrize("directory", [*JOBS, *TRAINJOBS])
 def test_shipped_job_trains_and_exports_on_a_read_only_data_volume(directory: str, data_volume: Path,
                                                                    bpe_data_volume: Path, tmp_path: Path) -> None:
-    name, overrides = JOBS[directory]
-    data = bpe_data_volume if directory == "overlays/clm" else data_volume
+    name, overrides = {**JOBS, **TRAINJOBS}[directory]
+    data = bpe_data_volume if directory.endswith("overlays/clm") else data_volume
     claims = {"pretrain-data": data, "pretrain-checkpoints": tmp_path / "checkpoints"}
     claims["pretrain-checkpoints"].mkdir()
-    job = LocalJob(build(ROOT / "k8s" / directory), claims, tmp_path, overrides)
+    if directory in TRAINJOBS:
+        runtime = build(ROOT / "k8s" / "trainjob" / "runtime")
+        job = LocalTrainJob(build(ROOT / "k8s" / directory) + runtime, claims, tmp_path, overrides)
+    else:
+        job = LocalJob(build(ROOT / "k8s" / directory), claims, tmp_path, overrides)
     assert job.name == name
     job.start()
     try:

@@ -19,12 +19,12 @@ def test_controller_builds_exactly_the_one_pod_plus_the_torch_contract() -> None
     assert (nodes, backoff_limit) == (3, 3)
     container = pod["containers"][0]
     assert container.pop("ports") == [{"containerPort": 29500}]
-    assert container["env"][2:] == [
+    assert container["env"][-5:] == [
         {"name": "PET_NNODES", "value": "3"}, {"name": "PET_NPROC_PER_NODE", "value": "1"},
         {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
         {"name": "PET_MASTER_ADDR", "value": "demo-node-0-0.demo"}, {"name": "PET_MASTER_PORT", "value": "29500"}]
-    del container["env"][2:]
+    del container["env"][-5:]
     assert pod == {**pod_template(spec, TRAINJOB_WIRING)["spec"], "restartPolicy": "OnFailure"}
     assert resource_errors({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "demo-node-0-0"},
                             "spec": pod}) == []
@@ -46,7 +46,9 @@ def test_local_nodes_get_their_completion_index_as_rank_and_one_local_master(tmp
     node0, node1 = job.pods
     assert (node0.name, node1.name) == ("demo-node-0-0", "demo-node-0-1")
     assert (node0.env["PET_NODE_RANK"], node1.env["PET_NODE_RANK"]) == ("0", "1")
-    assert node0.env["PET_MASTER_ADDR"] == node1.env["PET_MASTER_ADDR"] == "127.0.0.1"
+    assert node0.env["PET_MASTER_ADDR"] == node1.env["PET_MASTER_ADDR"] == "demo-node-0-0.demo"
+    assert node0.hosts == node1.hosts and node0.hosts.read_text().splitlines()[1:] == [
+        "127.0.0.2 demo-node-0-0.demo demo-node-0-0", "127.0.0.3 demo-node-0-1.demo demo-node-0-1"]
     assert node0.env["PET_MASTER_PORT"] == node1.env["PET_MASTER_PORT"] != "29500"
     assert (node0.env["PET_NNODES"], node0.env["PET_NPROC_PER_NODE"]) == ("2", "1")
     assert node0.env["JOB_NAME"] == "demo" and job.backoff_limit == 3

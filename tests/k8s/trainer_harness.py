@@ -17,7 +17,10 @@ and torch plugins of kubeflow/trainer v2.3):
   PET_MASTER_ADDR (<job>-node-0-0.<job>), PET_MASTER_PORT (29500) and the container port 29500;
 - a failed node container restarts in place (restartPolicy OnFailure) until the Job's backoffLimit
   is spent; the TrainJob completes when every node exits 0.
-Network stand-in: every pod address is 127.0.0.1, and the trainer port a free local port.
+Network stand-in: each node pod is named as its hostname and resolves every node's hostname, short
+and in the job's subdomain (<job>-node-0-<i>.<job>), through its own /etc/hosts to that node's loopback
+address (127.0.0.2, ...), as JobSet's headless Service does; the trainer port is a free local port
+(pods share this machine's network namespace).
 """
 from __future__ import annotations
 
@@ -96,6 +99,10 @@ class LocalTrainJob(LocalJob):
         pod, nodes, self.backoff_limit = node_pod_spec(runtime, job)
         next(c for c in pod["containers"] if c["name"] == NODE)["command"] += overrides
         port = str(free_port())
+        self.hosts = workdir / f"{self.name}-hosts"
+        self.hosts.write_text("127.0.0.1 localhost\n" + "".join(
+            f"127.0.0.{2 + index} {self.name}-{NODE}-0-{index}.{self.name} {self.name}-{NODE}-0-{index}\n"
+            for index in range(nodes)))
         self.pods = [self._node(pod, index, port) for index in range(nodes)]
 
     def _node(self, pod: dict[str, Any], index: int, port: str) -> Pod:
@@ -111,9 +118,11 @@ class LocalTrainJob(LocalJob):
                 field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
                 added[variable["name"]] = annotations[_ANNOTATION.fullmatch(field)[1]] if field else variable["value"]
         container["env"] = [v for v in container["env"] if v["name"] not in RESERVED_ENV]
-        added.update(PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port)   # <job>-node-0-0.<job>:29500 here
-        return local_pod(f"{self.name}-{NODE}-0-{index}", pod, container, labels, added, self.claims,
+        added["PET_MASTER_PORT"] = port                # 29500 on every pod's own address; here one free port
+        node = local_pod(f"{self.name}-{NODE}-0-{index}", pod, container, labels, added, self.claims,
                          self.config_maps, self.workdir)
+        node.hosts = self.hosts
+        return node
 
 
 def _merge_pod_patch(pod: dict[str, Any], patch: dict[str, Any]) -> None:
