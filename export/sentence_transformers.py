@@ -13,7 +13,6 @@ is, pooling and layers, comes from its adapter (pretrain/adapters.py).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 

@@ -50,7 +50,7 @@ def build_objective(cfg: PairedConfig, tokenizer: Tokenizer) -> tuple[nn.Module,
     split = LineSplitter(seed=cfg.train.seed, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id) \
         if cfg.objective.pairs == "nsp" else None
     if cfg.objective.name == "seq2seq":
-        return Seq2Seq(model, pad_id=tokenizer.pad_id, start_id=tokenizer.cls_id, end_id=tokenizer.sep_id), split
+        return Seq2Seq.for_tokenizer(model, tokenizer), split
     candidates = cfg.objective.dual_encoder.recall_candidates
     if cfg.data.valid and cfg.data.batch_size < candidates:
         raise UserError(f"data.batch_size={cfg.data.batch_size} is below objective.dual_encoder.recall_candidates="

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from data_pipeline.errors import UserError
+from data_pipeline.tokenizer import Tokenizer
 from pretrain.model.decoder import TransformerDecoder
 from pretrain.model.flops import flops_per_token
 from pretrain.model.lm import TransformerLM
@@ -43,6 +44,11 @@ class Seq2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = TransformerDecoder(encoder.cfg, encoder.encoder.embeddings)
         self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
+
+    @classmethod
+    def for_tokenizer(cls, encoder: TransformerLM, tokenizer: Tokenizer) -> Seq2Seq:
+        """The trainer's choice of ids: pad, [CLS] to start a response, the separator to end it."""
+        return cls(encoder, pad_id=tokenizer.pad_id, start_id=tokenizer.cls_id, end_id=tokenizer.sep_id)
 
     def forward(self, batch: dict) -> dict:
         left, right = batch["left"], batch["right"]

@@ -36,9 +36,8 @@ class Seq2SeqAdapter(ExportAdapter):
     def from_run(self, config: Mapping[str, Any], tokenizer: Tokenizer) -> RunModel | None:
         if objective_name(config) != "seq2seq":
             return None
-        model = Seq2Seq(TransformerLM(run_model_config(config, tokenizer.vocab_size)), pad_id=tokenizer.pad_id,
-                        start_id=tokenizer.cls_id, end_id=tokenizer.sep_id)
-        return RunModel(model, prefix="")
+        return RunModel(Seq2Seq.for_tokenizer(TransformerLM(run_model_config(config, tokenizer.vocab_size)),
+                                              tokenizer), prefix="")
 
     def eight_mile(self, model: Seq2Seq, name: str = "Seq2Seq") -> Layout:
         cfg = model.encoder.cfg

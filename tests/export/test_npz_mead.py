@@ -25,6 +25,8 @@ POST_LN_VARIANTS = [
     dict(embeddings="none", rpr_k=3, rpr_values=True),
     dict(embeddings="none", rpr_k=2, embeddings_layer_norm=False),
 ]
+MEAD_PRE_LN_VARIANTS = [dict(norm="mead-pre", embeddings_layer_norm=False),
+                        dict(norm="mead-pre", embeddings="none", rpr_k=2, rpr_values=True)]
 PRE_LN_VARIANTS = [dict(norm="pre"), dict(norm="pre", embeddings="none", rpr_k=2, rpr_values=True)]
 
 
@@ -44,7 +46,7 @@ def our_tlm_arrays(path: Path) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files if key.startswith("TLM/")}
 
 
-@pytest.mark.parametrize("variant", POST_LN_VARIANTS + PRE_LN_VARIANTS, ids=str)
+@pytest.mark.parametrize("variant", POST_LN_VARIANTS + MEAD_PRE_LN_VARIANTS + PRE_LN_VARIANTS, ids=str)
 def test_npz_keys_and_shapes_are_what_mead_writes_for_the_same_model(variant, vocab_spec, tmp_path):
     model = random_model(**variant)
     path = export_model(model, vocab_spec, tmp_path, ["npz"])["npz"]
@@ -53,8 +55,8 @@ def test_npz_keys_and_shapes_are_what_mead_writes_for_the_same_model(variant, vo
     assert ours == theirs
 
 
-@pytest.mark.parametrize("variant", POST_LN_VARIANTS, ids=str)
-def test_post_ln_npz_loaded_by_mead_gives_our_logits(variant, vocab_spec, tmp_path):
+@pytest.mark.parametrize("variant", POST_LN_VARIANTS + MEAD_PRE_LN_VARIANTS, ids=str)
+def test_post_ln_and_mead_pre_ln_npz_loaded_by_mead_gives_our_logits(variant, vocab_spec, tmp_path):
     model = random_model(**variant)
     path = export_model(model, vocab_spec, tmp_path, ["npz"])["npz"]
     mead = mead_model(model.cfg)
