@@ -8,7 +8,7 @@ Against moto's S3 server on localhost (started here, as in the tests):
 and without any process: 4. the order and partition functions alone for up to 1,024 ranks x 8 workers
 (exactly-once, resume positions agree across world sizes, time per batch as the dataset grows).
 
-Run: PYTHONPATH=. python bench/object_store.py [--shards 48]
+Run: PYTHONPATH=. python bench/object_store.py [--shards 32 --shard-tokens 16384]
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def main() -> None:
         print(f"dataset: {args.shards} shards x {shard_bytes / 2**20:.2f} MiB = {dataset_bytes / 2**20:.1f} MiB, "
               f"nctx {NCTX}, batch {BATCH} per rank")
         limit = 4 * shard_bytes  # window 1 shard + next + one straddling + the one being read
-        print(f"\n## bytes fetched per rank per epoch / (dataset / world size), cache_limit = 4 shards")
+        print("\n## bytes fetched per rank per epoch / (dataset / world size), cache_limit = 4 shards")
         print("| world size | stream order | uniform order (peer) | uniform / stream |")
         print("|---|---|---|---|")
         for world in (1, 2, 4):

@@ -16,7 +16,7 @@ from data_pipeline.preprocess import preprocess
 from data_pipeline.readers import ShardedDataset
 from data_pipeline.remote_dataset import MANIFEST_NAME, DatasetUpload, read_manifest
 from data_pipeline.shard_cache import ShardCache
-from data_pipeline.shards import find_shards
+from data_pipeline.shards import Shard, ShardHeader, find_shards
 from tests.data_pipeline.conftest import one_line_error
 from tests.data_pipeline.test_readers import write_blocks
 
@@ -45,8 +45,7 @@ def remote_corpus(s3, local_corpus) -> str:
     return uri
 
 
-def read_shard_header(prefix):
-    from data_pipeline.shards import Shard
+def read_shard_header(prefix) -> ShardHeader:
     return Shard.open(prefix).header
 
 
