@@ -157,7 +157,7 @@ def test_the_server_gone_for_a_few_seconds_mid_epoch_does_not_stop_the_reader(s3
         if len(seen) == 40:  # the reader goes on fetching while the server is away
             outage = threading.Thread(target=lambda: s3.down_for(3.0))
             outage.start()
-            time.sleep(0.5)
+            assert s3.is_down.wait(timeout=30)
             began = time.monotonic()
     waited = time.monotonic() - began
     outage.join()
