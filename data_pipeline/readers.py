@@ -102,8 +102,7 @@ class _ShardSet:
         self._touched.clear()
 
     def shards_of(self, samples: np.ndarray) -> set[int]:
-        """The whole shards that reading `samples` needs (what the prefetcher fetches and the cache keeps):
-        a sample's own shard, and the next ones only when it reaches past the next shard's head."""
+        """The whole shards that reading `samples` needs (what the prefetcher fetches and the cache keeps)."""
         return set((np.searchsorted(self.starts, samples, side="right") - 1).tolist())
 
     def block_sizes(self) -> np.ndarray:
@@ -121,6 +120,7 @@ class _PackedText(_ShardSet):
         self.num_samples = self.starts[-1] // nctx
 
     def shards_of(self, samples: np.ndarray) -> set[int]:
+        """A block's own shard, and the next ones only when it reaches past the next shard's head."""
         first = np.searchsorted(self.starts, samples * self.nctx, side="right") - 1
         last = np.searchsorted(self.starts, (samples + 1) * self.nctx - 1, side="right") - 1
         ends_in_head = (last == first + 1) & ((samples + 1) * self.nctx - np.take(self.starts, last)

@@ -1,9 +1,9 @@
 """A run directory in object storage (`train.run_dir: s3://bucket/runs/name`), behind the `RunStorage` seam.
 
-Checkpoints are written to a local temporary file, uploaded under `NAME.partial`, checked (the stored
-size must equal the local one), and only then published under their final name by a server-side copy:
-a reader listing the run never sees a checkpoint that is not whole and checked, and a kill at any moment
-leaves at most a `.partial` object that no reader picks. Everything else a run writes (config.yaml,
+Checkpoints are written to a local temporary file, uploaded under `NAME.tmp`, checked (the stored size
+must equal the local one), and only then published under their final name by a server-side copy: a
+reader never picks a checkpoint that is not whole and checked, and a kill at any moment leaves at most a
+`.tmp` object, which the next run's checkpoint writer deletes as it does local temp files. Everything else a run writes (config.yaml,
 TensorBoard events, the export) is written to a local mirror and uploaded by `sync_mirror`.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from data_pipeline import object_store
 from data_pipeline.object_store import ObjectNotFound, is_uri, join
 from pretrain.run_storage import LocalRunStorage, RunStorage
 
-_PARTIAL = ".partial"
+_PARTIAL = ".tmp"  # the suffix of the local temp files, so the writer's clean-up finds them too
 
 
 class ObjectRunStorage:
@@ -33,7 +33,7 @@ class ObjectRunStorage:
         return join(self.uri, name) if name else self.uri
 
     def list(self) -> list[str]:
-        return [name for name in object_store.list_names(self.uri) if not name.endswith(_PARTIAL)]
+        return object_store.list_names(self.uri)
 
     def read_bytes(self, name: str) -> bytes:
         try:

@@ -7,6 +7,7 @@ credentials are refused as on AWS. Clients find it through the standard AWS vari
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,6 +25,7 @@ class S3Server:
     def __init__(self) -> None:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
+        self.is_down = threading.Event()
         host, self.port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{self.port}"
         admin = dict(endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="admin",
@@ -54,11 +56,13 @@ class S3Server:
     def down(self) -> Iterator[None]:
         """The server unreachable (port closed) for the duration; same port and buckets afterwards."""
         self._server.stop()
+        self.is_down.set()
         try:
             yield
         finally:
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
+            self.is_down.clear()
 
     def down_for(self, seconds: float) -> None:
         with self.down():

@@ -53,4 +53,4 @@ def test_killed_run_resumes_from_s3_to_the_weights_of_an_uninterrupted_local_run
     assert remote_checkpoints(s3, "killed") == [f"killed/checkpoints/ckpt-{s:08d}.pt" for s in (STEPS - 5, STEPS)]
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket="runs", Prefix="killed/")["Contents"]}
     assert {"killed/config.yaml", "killed/export/model.npz"} <= keys, keys
-    assert any(k.startswith("killed/tensorboard/") for k in keys) and not any(k.endswith(".partial") for k in keys)
+    assert any(k.startswith("killed/tensorboard/") for k in keys) and not any(k.endswith(".tmp") for k in keys)

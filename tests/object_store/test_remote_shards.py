@@ -16,7 +16,7 @@ from data_pipeline.preprocess import preprocess
 from data_pipeline.readers import ShardedDataset
 from data_pipeline.remote_dataset import MANIFEST_NAME, DatasetUpload, read_manifest
 from data_pipeline.shard_cache import ShardCache
-from data_pipeline.shards import find_shards
+from data_pipeline.shards import Shard, ShardHeader, find_shards
 from tests.data_pipeline.conftest import one_line_error
 from tests.data_pipeline.test_readers import write_blocks
 
@@ -45,8 +45,7 @@ def remote_corpus(s3, local_corpus) -> str:
     return uri
 
 
-def read_shard_header(prefix):
-    from data_pipeline.shards import Shard
+def read_shard_header(prefix) -> ShardHeader:
     return Shard.open(prefix).header
 
 
@@ -158,7 +157,7 @@ def test_the_server_gone_for_a_few_seconds_mid_epoch_does_not_stop_the_reader(s3
         if len(seen) == 40:  # the reader goes on fetching while the server is away
             outage = threading.Thread(target=lambda: s3.down_for(3.0))
             outage.start()
-            time.sleep(0.5)
+            assert s3.is_down.wait(timeout=30)
             began = time.monotonic()
     waited = time.monotonic() - began
     outage.join()
