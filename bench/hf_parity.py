@@ -57,7 +57,8 @@ def blocks(shard_dir: Path, seq: int) -> torch.Tensor:
 
 
 def masked(masker: TokenMasker, rows: torch.Tensor, sample_ids: torch.Tensor) -> dict:
-    return masker({"tokens": rows, "epoch": torch.zeros(len(rows), dtype=torch.long), "sample_ids": sample_ids})
+    return masker({"tokens": rows, "epoch": torch.zeros(len(rows), dtype=torch.long), "sample_ids": sample_ids,
+                   "cursor": int(sample_ids.max()) + 1})
 
 
 def target_loss(model: nn.Module, batch: dict) -> torch.Tensor:

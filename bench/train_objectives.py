@@ -55,7 +55,8 @@ def random_tokens(args: argparse.Namespace, rows: int, cols: int, seed: int) -> 
 
 def lm_batch(args: argparse.Namespace) -> dict:
     return {"tokens": random_tokens(args, args.batch, args.seq, args.seed),
-            "epoch": torch.zeros(args.batch, dtype=torch.long), "sample_ids": torch.arange(args.batch)}
+            "epoch": torch.zeros(args.batch, dtype=torch.long), "sample_ids": torch.arange(args.batch),
+            "cursor": args.batch}
 
 
 def paired_batch(args: argparse.Namespace) -> dict:

@@ -51,7 +51,7 @@ def masked_batch(args: argparse.Namespace) -> dict:
     masker = TokenMasker(MASKING, seed=args.seed, vocab_size=args.vocab, mask_id=MASK_ID,
                          special_ids=frozenset(range(NUM_SPECIAL)))
     batch = masker({"tokens": torch.from_numpy(tokens), "epoch": torch.zeros(args.batch, dtype=torch.long),
-                    "sample_ids": torch.arange(args.batch)})
+                    "sample_ids": torch.arange(args.batch), "cursor": args.batch})
     labels = torch.full((args.batch * args.seq,), IGNORE_INDEX, dtype=torch.long)
     labels[batch["target_index"]] = batch["targets"]
     batch["labels"] = labels.view(args.batch, args.seq)
