@@ -151,6 +151,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, env.is_main, train_cfg.tensorboard, train_cfg.max_steps)
         self.peak_flops = peak_bf16_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
         self.valid_loader: DataLoader | None = None
+        self.train_batches: Iterator[dict[str, Any]] | None = None
         self.step = 0
         self.cursor: int | None = None     # the train reader's cursor after the last consumed batch
         self.nonfinite_in_a_row = 0
@@ -173,6 +174,7 @@ class Trainer:
             if completed and self.export is not None and self.env.is_main:
                 self.export(self.objective, self.run_dir)
         finally:
+            self._stop_workers()
             try:
                 self.checkpoints.close()
             finally:
@@ -181,6 +183,15 @@ class Trainer:
                     sync_mirror(self.cfg.run_dir)
         return TrainResult(self.step, completed, self.checkpoints.last_saved, self.last_train, self.last_valid,
                            stopped_by_peer=not completed and not stop.requested)
+
+    def _stop_workers(self) -> None:
+        """Shut the DataLoader workers down now. They ignore SIGTERM (leave_sigterm_to_the_trainer), so the
+        terminate() that multiprocessing sends its children at interpreter exit cannot end them: a loader
+        kept alive until then by a reference cycle would leave the process waiting for its workers forever."""
+        for batches in (self.train_batches, getattr(self.valid_loader, "_iterator", None)):
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _states(self) -> dict[str, Any]:
         """The stateful components a checkpoint holds, by their name in the file."""
@@ -192,7 +203,7 @@ class Trainer:
         first_step = self.step + 1
         model = self._wrap()
         with sigterm_held():
-            batches = iter(self._loader(self.train_data))
+            batches = self.train_batches = iter(self._loader(self.train_data))
         # Last before the loop, so nothing else draws from the RNGs between the restore and the first step.
         self.rng.apply()
         self.objective.train()
