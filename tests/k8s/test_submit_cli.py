@@ -179,7 +179,9 @@ def test_logs_prints_the_masters_pytorch_container_log(server, tmp_path, capsys)
     server.script_pod_log("demo-master-0", b"step 10 loss 7.1\nstep 20 loss 6.5\n")
     assert _run("logs", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
     assert capsys.readouterr().out == "step 10 loss 7.1\nstep 20 loss 6.5\n"
-    assert server.requests[-1].query == {"container": ["pytorch"], "follow": ["false"], "previous": ["false"]}
+    # Client releases spell booleans "false" or "False"; the API server's Go ParseBool takes either.
+    query = {key: [value.lower() for value in values] for key, values in server.requests[-1].query.items()}
+    assert query == {"container": ["pytorch"], "follow": ["false"], "previous": ["false"]}
 
 
 def test_logs_of_an_elastic_job_come_from_the_first_worker(server, tmp_path, capsys) -> None:
