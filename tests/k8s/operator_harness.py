@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.pretrain.processes import free_port, process_env
 
@@ -145,8 +145,8 @@ class LocalJob:
         self.backoff_limit = job["spec"].get("runPolicy", {}).get("backoffLimit", 6)
         port = free_port()
         for rspec in job["spec"]["pytorchReplicaSpecs"].values():
-            _pytorch_container(rspec)["command"] += overrides
-            for p in _pytorch_container(rspec)["ports"]:
+            pytorch_container(rspec)["command"] += overrides
+            for p in pytorch_container(rspec)["ports"]:
                 if p["name"] == "pytorchjob-port":
                     p["containerPort"] = port
         slots = [(rtype, index) for rtype, rspec in job["spec"]["pytorchReplicaSpecs"].items()
@@ -203,16 +203,22 @@ class LocalJob:
         return "\n".join(pod.log() for pod in self.pods)
 
     def _pod(self, job: dict[str, Any], rtype: str, index: int) -> Pod:
-        labels = {"training.kubeflow.org/job-name": self.name, "training.kubeflow.org/operator-name":
-                  "pytorchjob-controller", "training.kubeflow.org/replica-type": rtype.lower(),
-                  "training.kubeflow.org/replica-index": str(index)}
-        if rtype == "Master":
-            labels["training.kubeflow.org/job-role"] = "master"
         rspec = job["spec"]["pytorchReplicaSpecs"][rtype]
-        pod = local_pod(f"{self.name}-{rtype.lower()}-{index}", rspec["template"]["spec"], _pytorch_container(rspec),
-                        labels, operator_env(job, rtype, index), self.claims, self.config_maps, self.workdir)
+        pod = local_pod(f"{self.name}-{rtype.lower()}-{index}", rspec["template"]["spec"], pytorch_container(rspec),
+                        operator_labels(self.name, rtype, index), operator_env(job, rtype, index), self.claims,
+                        self.config_maps, self.workdir)
         pod.hosts = self.hosts
         return pod
+
+
+def operator_labels(job_name: str, rtype: str, index: int) -> dict[str, str]:
+    """The labels the operator puts on pod <job>-<rtype>-<index> (fieldRefs read them)."""
+    labels = {"training.kubeflow.org/job-name": job_name, "training.kubeflow.org/operator-name":
+              "pytorchjob-controller", "training.kubeflow.org/replica-type": rtype.lower(),
+              "training.kubeflow.org/replica-index": str(index)}
+    if rtype == "Master":
+        labels["training.kubeflow.org/job-role"] = "master"
+    return labels
 
 
 def run_batch_job(job: dict[str, Any], claims: dict[str, Path], workdir: Path, timeout_s: float) -> Pod:
@@ -236,18 +242,30 @@ def local_pod(name: str, spec: dict[str, Any], container: dict[str, Any], labels
               workdir: Path) -> Pod:
     """Pod `name` running `container` of pod `spec` here: volumes as local directories, the container's
     env resolved, then `added_env` (what a controller adds), and $(VAR)s expanded in its command."""
-    mounts, read_only = _mounts(name, spec, container, claims, config_maps, workdir)
-    env: dict[str, str] = {}
-    for variable in container.get("env", []):
-        env[variable["name"]] = _localize(_env_value(variable, name, labels, env), mounts)
-    env.update(added_env)
-    command = [_localize(_expand(arg, env), mounts) for arg in container["command"] + container.get("args", [])]
+    mounts, read_only = mount_directories(name, spec, container, claims, config_maps, workdir)
+    env = resolved_env(container, name, labels, added_env, lambda text: _localize(text, mounts))
+    command = [_localize(arg, mounts) for arg in expanded_command(container, env)]
     cwd = Path(_localize(container.get("workingDir", str(workdir)), mounts))
     return Pod(name, command, container_env(env), cwd, workdir / f"{name}.log", read_only,
                float(spec.get("terminationGracePeriodSeconds", 30)))
 
 
-def _mounts(pod: str, spec: dict[str, Any], container: dict[str, Any], claims: dict[str, Path],
+def resolved_env(container: dict[str, Any], pod: str, labels: dict[str, str], added_env: dict[str, str],
+                 localize: Callable[[str], str] = str) -> dict[str, str]:
+    """The container's env as the kubelet resolves it (values with $(VAR) expanded, fieldRefs to pod
+    `pod` with `labels`), each value passed through `localize`, then `added_env` (a controller's)."""
+    env: dict[str, str] = {}
+    for variable in container.get("env", []):
+        env[variable["name"]] = localize(_env_value(variable, pod, labels, env))
+    return {**env, **added_env}
+
+
+def expanded_command(container: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The container's command and args, $(VAR)s expanded from `env` as the kubelet does."""
+    return [_expand(arg, env) for arg in container["command"] + container.get("args", [])]
+
+
+def mount_directories(pod: str, spec: dict[str, Any], container: dict[str, Any], claims: dict[str, Path],
             config_maps: dict[str, dict[str, Any]], workdir: Path) -> tuple[dict[str, Path], list[Path]]:
     """mountPath -> local directory, for every volumeMount of the container; and the directories that
     are mounted read-only (readOnly on the mount or the claim, and every ConfigMap)."""
@@ -310,12 +328,12 @@ def operator_env(job: dict[str, Any], rtype: str, index: int) -> dict[str, str]:
     return env
 
 
-def _pytorch_container(rspec: dict[str, Any]) -> dict[str, Any]:
+def pytorch_container(rspec: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in rspec["template"]["spec"]["containers"] if c["name"] == "pytorch")
 
 
 def _port(rspec: dict[str, Any]) -> int:
-    return next(p["containerPort"] for p in _pytorch_container(rspec)["ports"] if p["name"] == "pytorchjob-port")
+    return next(p["containerPort"] for p in pytorch_container(rspec)["ports"] if p["name"] == "pytorchjob-port")
 
 
 def _env_value(variable: dict[str, Any], pod: str, labels: dict[str, str], env: dict[str, str]) -> str:
