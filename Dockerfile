@@ -18,11 +18,15 @@ COPY pyproject.toml /src/
 RUN probe='import ensurepip, pathlib, sys, sysconfig; sys.exit(not pathlib.Path(sysconfig.get_paths()["include"], "Python.h").is_file())'; \
     apt-get update \
  && apt-get install -y --no-install-recommends g++ \
- && { python3 -c "$probe" || apt-get install -y --no-install-recommends python3-dev python3-venv; } \
+ && { python3 -c "$probe" 2>/dev/null || apt-get install -y --no-install-recommends python3-dev python3-venv || true; } \
  && rm -rf /var/lib/apt/lists/* \
- && { python3 -c "$probe" || { echo "error: $(command -v python3) in BASE_IMAGE has no Python.h (or no venv) and apt's python3-dev/python3-venv are not for it: use a base whose Python has its headers" >&2; exit 1; }; }
+ && { python3 -c "$probe" 2>/dev/null || { echo "error: $(command -v python3) in BASE_IMAGE has no Python.h (or no venv module) and apt could not add them (python3-dev, python3-venv): use a base whose Python has its headers" >&2; exit 1; }; }
 # --system-site-packages: the environment uses the base image's torch instead of installing another.
-RUN python3 -m venv --system-site-packages /opt/venv
+# The environment gets its own torchrun: the base's runs the base's Python, and the ranks it starts
+# (with its interpreter) could not import this project, which only the environment has.
+RUN python3 -m venv --system-site-packages /opt/venv \
+ && printf '#!/opt/venv/bin/python\nimport sys\nfrom torch.distributed.run import main\nsys.exit(main())\n' > /opt/venv/bin/torchrun \
+ && chmod 755 /opt/venv/bin/torchrun
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Every dependency but torch, then fastBPE, whose sdist builds only without build isolation and with
