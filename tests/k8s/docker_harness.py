@@ -55,7 +55,7 @@ def docker_unavailable() -> str | None:
     except subprocess.TimeoutExpired:
         return "`docker info` did not answer within 10 s"
     if done.returncode != 0:
-        return f"no Docker daemon answers `docker info` ({done.stderr.strip().splitlines()[-1:]})"
+        return f"no Docker daemon answers `docker info`: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
     return None
 
 
