@@ -175,15 +175,10 @@ def _apply_fs_group(directory: Path, group: int) -> None:
             path.chmod(path.stat().st_mode | 0o060 | (0o2010 if path.is_dir() else 0))
 
 
-def run_pod(pod: str, spec: dict[str, Any], container: dict[str, Any], image: str, network: str,
-            labels: dict[str, str], added_env: dict[str, str], claims: dict[str, Path],
-            config_maps: dict[str, dict[str, Any]], workdir: Path) -> Container:
-    """Start `container` of pod spec `spec` as Docker container `pod` on `network`, as the kubelet
-    would start it; `claims` maps PVC claim names to host directories."""
-    mounts, read_only = mount_directories(pod, spec, container, claims, config_maps, workdir)
+def security_options(spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """`docker run` options for the pod's and the container's securityContext and memory limit."""
     pod_security, security = spec.get("securityContext", {}), container.get("securityContext", {})
-    volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    args = ["run", "-d", "--name", pod, "--hostname", pod, "--network", network, "--network-alias", pod]
+    args = []
     user = security.get("runAsUser", pod_security.get("runAsUser"))
     group = security.get("runAsGroup", pod_security.get("runAsGroup"))
     if user is not None:
@@ -197,11 +192,22 @@ def run_pod(pod: str, spec: dict[str, Any], container: dict[str, Any], image: st
     args += [f"--cap-drop={cap}" for cap in security.get("capabilities", {}).get("drop", [])]
     if "memory" in container.get("resources", {}).get("limits", {}):
         args += ["--memory", _quantity(container["resources"]["limits"]["memory"])]
+    return args
+
+
+def volume_options(pod: str, spec: dict[str, Any], container: dict[str, Any], claims: dict[str, Path],
+                 config_maps: dict[str, dict[str, Any]], workdir: Path) -> list[str]:
+    """`docker run` options mounting the container's volumes as the kubelet would: host directories
+    (operator_harness.mount_directories) bound read-only where they must be, a Memory emptyDir as tmpfs."""
+    mounts, read_only = mount_directories(pod, spec, container, claims, config_maps, workdir)
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    fs_group = spec.get("securityContext", {}).get("fsGroup")
+    args = []
     for mount in container.get("volumeMounts", []):
         volume, path = volumes[mount["name"]], mounts[mount["mountPath"]]
         if volume.get("emptyDir", {}).get("medium") == "Memory":
-            size = _quantity(volume["emptyDir"].get("sizeLimit", "64Mi"))
-            args += ["--tmpfs", f"{mount['mountPath']}:rw,size={size},mode=1777"]
+            size = volume["emptyDir"].get("sizeLimit")
+            args += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777" + (f",size={_quantity(size)}" if size else "")]
             continue
         if "emptyDir" in volume:
             path.chmod(0o1777)
@@ -209,9 +215,20 @@ def run_pod(pod: str, spec: dict[str, Any], container: dict[str, Any], image: st
             path.chmod(0o755)
             for key in path.iterdir():
                 key.chmod(0o644)
-        elif "fsGroup" in pod_security and not (mount.get("readOnly") or path in read_only):
-            _apply_fs_group(path, pod_security["fsGroup"])
+        elif fs_group is not None and path not in read_only:
+            _apply_fs_group(path, fs_group)
         args += ["-v", f"{path}:{mount['mountPath']}" + (":ro" if path in read_only else "")]
+    return args
+
+
+def run_pod(pod: str, spec: dict[str, Any], container: dict[str, Any], image: str, network: str,
+            labels: dict[str, str], added_env: dict[str, str], claims: dict[str, Path],
+            config_maps: dict[str, dict[str, Any]], workdir: Path) -> Container:
+    """Start `container` of pod spec `spec` as Docker container `pod` on `network`, as the kubelet
+    would start it; `claims` maps PVC claim names to host directories, and `image` stands for the
+    container's image (as `kustomize edit set image` would set it)."""
+    args = ["run", "-d", "--name", pod, "--hostname", pod, "--network", network,
+            *security_options(spec, container), *volume_options(pod, spec, container, claims, config_maps, workdir)]
     env = resolved_env(container, pod, labels, added_env)
     for name, value in env.items():
         args += ["-e", f"{name}={value}"]
