@@ -9,7 +9,8 @@
 # and stops with one line if this Python still has no headers. Everything else is installed into a
 # virtual environment that sees the base's torch; only that environment reaches the final image, so
 # no compiler or header does. Dependencies are installed before the source is copied: editing the
-# code rebuilds only the last, small layers.
+# code rebuilds only the last, small layers. tests/k8s/test_docker_image.py builds it with the legacy
+# builder on a Debian base without headers and runs the Kubernetes jobs' pods from it.
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 
 FROM ${BASE_IMAGE} AS build
