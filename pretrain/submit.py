@@ -434,12 +434,24 @@ def _export(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     cluster = _connect(args)
-    cluster.get_job(args.name)
+    job = cluster.get_job(args.name)
     cluster.delete_job(args.name)
     cluster.delete_config_map(config_map_name(args.name))
-    print(f"deleted {cluster.jobs.singular}/{args.name}; its checkpoints stay in {run_dir(args.name)} on the checkpoints "
-          f"PVC, and a job submitted as {args.name} again resumes from them")
+    print(f"deleted {cluster.jobs.singular}/{args.name}; its checkpoints stay in {_job_run_dir(job)}, and a job "
+          f"submitted as {args.name} again resumes from them")
     return 0
+
+
+def _job_run_dir(job: dict) -> str:
+    """The run directory a job's command names (on the checkpoints PVC, or in an object store)."""
+    spec, name = job["spec"], job["metadata"]["name"]
+    if "trainer" in spec:
+        command = spec["trainer"].get("command", [])
+    else:
+        rspec = next(iter(spec["pytorchReplicaSpecs"].values()))
+        command = rspec["template"]["spec"]["containers"][0].get("command", [])
+    named = [arg.split("=", 1)[1] for arg in command if arg.startswith("train.run_dir=")]
+    return named[-1].replace("$(JOB_NAME)", name) if named else run_dir(name)
 
 
 if __name__ == "__main__":
