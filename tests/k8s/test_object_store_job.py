@@ -3,7 +3,7 @@ overlays run with no volume but their ConfigMap and emptyDirs (the harness has n
 with credentials only from a Secret made as `kubectl create secret generic` makes it (the harness keeps
 this machine's AWS_* variables out of the pods). The corpus is preprocessed into the bucket first by the
 CLI, as the README says; the PyTorchJob checkpoints into the bucket, and the TrainJob of the same name
-resumes from there."""
+resumes from there; a checkpoint downloaded from the bucket exports locally."""
 from __future__ import annotations
 
 import base64
@@ -88,6 +88,13 @@ def test_object_store_job_trains_from_the_bucket_with_no_volume_and_its_trainjob
                                SHRINK + SHORT + ("train.max_steps=4",)))
     assert f"resumed from s3://{BUCKET}/{RUN}/checkpoints/ckpt-00000002.pt at step 2" in second, second
     assert stored(corpus, f"{RUN}/checkpoints/") == ["ckpt-00000002.pt", "ckpt-00000004.pt"], second
+
+    # An earlier checkpoint, downloaded, exports where the credentials are: its vocab is fetched by URI.
+    checkpoint = tmp_path / "ckpt-00000002.pt"
+    corpus.client().download_file(BUCKET, f"{RUN}/checkpoints/ckpt-00000002.pt", str(checkpoint))
+    [(code, out)] = finish([start(["-m", "export", "--checkpoint", str(checkpoint), "--format", "npz",
+                                   "--out", str(tmp_path / "export")])])
+    assert code == 0 and (tmp_path / "export" / "vocab.txt").is_file(), out
 
 
 @pytest.mark.parametrize("literals,missing", [
