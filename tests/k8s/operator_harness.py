@@ -211,6 +211,16 @@ class LocalJob:
                 raise JobFailed(f"job {self.name} did not finish in {timeout_s:.0f}s:\n{self.logs()}")
             time.sleep(poll_s)
 
+    def run_to_completion(self, timeout_s: float) -> str:
+        """Start the pods, supervise them until the job succeeds (JobFailed otherwise), stop whatever
+        is left, and return the pods' logs."""
+        self.start()
+        try:
+            self.run_until(lambda _: False, timeout_s=timeout_s)
+        finally:
+            self.kill()
+        return self.logs()
+
     def logs(self) -> str:
         return "\n".join(pod.log() for pod in self.pods)
 

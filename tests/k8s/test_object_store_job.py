@@ -55,15 +55,6 @@ def stored(s3, prefix: str) -> list[str]:
     return sorted(entry["Key"][len(prefix):] for entry in listing.get("Contents", []))
 
 
-def run(job: LocalJob) -> str:
-    job.start()
-    try:
-        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
-    finally:
-        job.kill()
-    return job.logs()
-
-
 @pytest.mark.slow
 def test_object_store_job_trains_from_the_bucket_with_no_volume_and_its_trainjob_resumes(corpus, tmp_path):
     credentials = secret(SECRET, **{key: corpus.env[key] for key in (
@@ -78,14 +69,15 @@ def test_object_store_job_trains_from_the_bucket_with_no_volume_and_its_trainjob
     # Two pods, 2 steps: the checkpoint and the export land in the bucket. No claims: a PVC would fail here.
     for api in ("pytorchjob", "trainjob"):
         (tmp_path / api).mkdir()
-    first = run(LocalJob([*build(PYTORCHJOB), credentials], {}, tmp_path / "pytorchjob", SHRINK + SHORT))
+    first = LocalJob([*build(PYTORCHJOB), credentials], {}, tmp_path / "pytorchjob", SHRINK + SHORT) \
+        .run_to_completion(TIMEOUT_S)
     assert stored(corpus, f"{RUN}/checkpoints/") == ["ckpt-00000002.pt"], first
     assert "export/model.pt" in stored(corpus, f"{RUN}/"), first
     assert "on 2 process(es)" in first
 
     # The same job as a TrainJob resumes from the bucket's newest checkpoint.
-    second = run(LocalTrainJob([*build(TRAINJOB), *runtimes, credentials], {}, tmp_path / "trainjob",
-                               SHRINK + SHORT + ("train.max_steps=4",)))
+    second = LocalTrainJob([*build(TRAINJOB), *runtimes, credentials], {}, tmp_path / "trainjob",
+                           SHRINK + SHORT + ("train.max_steps=4",)).run_to_completion(TIMEOUT_S)
     assert f"resumed from s3://{BUCKET}/{RUN}/checkpoints/ckpt-00000002.pt at step 2" in second, second
     assert stored(corpus, f"{RUN}/checkpoints/") == ["ckpt-00000002.pt", "ckpt-00000004.pt"], second
 
