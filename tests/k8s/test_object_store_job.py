@@ -14,6 +14,7 @@ import pytest
 from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.kustomize import build
 from tests.k8s.operator_harness import CreateContainerConfigError, LocalJob
+from tests.k8s.test_readme_walk import readme_submit_commands, submit_cli
 from tests.k8s.test_shipped_jobs import SHORT, SHRINK
 from tests.k8s.trainer_harness import LocalTrainJob
 from tests.k8s.validation import resource_errors
@@ -105,3 +106,14 @@ def test_the_optional_endpoint_and_region_may_be_absent_from_the_secret(tmp_path
     env = job.pods[0].env
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("id", "key")
     assert "AWS_ENDPOINT_URL" not in env and "AWS_DEFAULT_REGION" not in env
+
+
+def test_the_readmes_object_store_command_renders_the_overlays_pod_shape() -> None:
+    [command] = readme_submit_commands("### Training from object storage on Kubernetes")
+    _, job = submit_cli("render", *command)
+    assert resource_errors(job) == []
+    overlay = next(r for r in build(PYTORCHJOB) if r["kind"] == "PyTorchJob")
+    for rendered in (job, overlay):
+        pod = rendered["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+        assert [volume["name"] for volume in pod["volumes"]] == ["config", "shard-cache", "dshm", "tmp"]
+        assert [v["valueFrom"]["secretKeyRef"]["name"] for v in pod["containers"][0]["env"][-4:]] == [SECRET] * 4
