@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -187,6 +188,23 @@ def upload_verified(local: Path, uri: str) -> tuple[int, str]:
             raise OSError(f"stored object has {stored} bytes, the local file {size}")
     with_retries(uri, "upload", action)
     return size, sha
+
+
+def local_copy(uri: str) -> Path:
+    """A fresh local copy of a small object (a vocab file), under the temp dir, named after its URI.
+
+    Fetched on every call, since the object may have been replaced; the copy is written atomically, so
+    ranks on one node fetching the same file at once each leave a whole file.
+    """
+    directory = Path(tempfile.gettempdir()) / f"pretrain-object-copies-{os.getuid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    local = directory / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    data = read_bytes(uri)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=local.name + ".")
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    os.replace(tmp, local)
+    return local
 
 
 def download_verified(uri: str, local: Path, size: int, sha256: str, attempts: int = 3) -> None:

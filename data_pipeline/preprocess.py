@@ -265,8 +265,9 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
                chunk_chars: int = CHUNK_CHARS) -> PreprocessResult:
     """Tokenize text files into shards in `out_dir` (see the module doc for the rules).
 
-    An object-store URI as `out_dir` uploads each shard as it closes (from a local temporary directory)
-    and publishes the dataset manifest last (see remote_dataset.py). `chunk_chars` only sets how much text each task carries (a tuning knob: the output is the same).
+    An object-store URI as `out_dir` uploads each shard as it closes (from a local temporary directory),
+    then the tokenizer's files under their own names, and publishes the dataset manifest last (see
+    remote_dataset.py). `chunk_chars` only sets how much text each task carries (a tuning knob: the output is the same).
     """
     processes = default_processes() if processes is None else processes
     if processes < 1:
@@ -289,6 +290,11 @@ def preprocess(inputs: Sequence[str | Path], out_dir: str | Path, spec: Tokenize
             raise UserError(f"no documents to write: every line was skipped ({dict(sink.totals)}); see the "
                             f"warnings above")
         if upload:
+            # The vocab beside the shards, so that a pod can read both from the store
+            # (data.tokenizer.vocab=PREFIX/vocab.txt): nothing of the dataset needs a local path.
+            for source, local in ((spec.vocab, tokenizer.spec.vocab), (spec.codes, tokenizer.spec.codes)):
+                if source:
+                    upload.add_file(Path(local), str(source).rstrip("/").rsplit("/", 1)[-1])
             upload.publish()
             shutil.rmtree(staging)
         else:

@@ -96,6 +96,10 @@ class DatasetUpload:
             path.unlink()
         self._entries.append({"name": prefix.name, "header": json.loads(header.to_json()), "files": files})
 
+    def add_file(self, local: Path, name: str) -> None:
+        """Upload a file that goes with the shards (the tokenizer's vocab) as `name` under the prefix."""
+        object_store.upload_verified(local, object_store.join(self.uri, name))
+
     def publish(self) -> None:
         """Write the manifest: from now on the dataset is readable."""
         text = json.dumps({"format_version": MANIFEST_VERSION, "shards": self._entries}, indent=1,

@@ -7,13 +7,14 @@ preprocessing processes rebuild them from the files), and add no special tokens 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from data_pipeline.errors import DataError, UserError
+from data_pipeline.object_store import is_uri, local_copy
 
 TOKENIZER_KINDS = ("wordpiece", "bpe")
 
@@ -52,7 +53,11 @@ class Tokenizer(Protocol):
 
 
 def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
-    """Build the tokenizer a spec describes; a bad kind or missing file is a UserError."""
+    """Build the tokenizer a spec describes; a bad kind or missing file is a UserError.
+
+    Files given as object-store URIs (s3://bucket/vocab.txt) are fetched first, and the tokenizer's
+    `spec` names the local copies (so DataLoader workers and exports read those)."""
+    spec = _with_local_files(spec)
     if spec.kind == "wordpiece":
         from data_pipeline.wordpiece import WordPieceTokenizer
 
@@ -62,6 +67,14 @@ def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
 
         return BPETokenizer(spec)
     raise UserError(f"unknown tokenizer kind {spec.kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+
+
+def _with_local_files(spec: TokenizerSpec) -> TokenizerSpec:
+    if not is_uri(spec.vocab) and not (spec.codes and is_uri(spec.codes)):
+        return spec
+    vocab = str(local_copy(spec.vocab)) if is_uri(spec.vocab) else spec.vocab
+    codes = str(local_copy(spec.codes)) if spec.codes and is_uri(spec.codes) else spec.codes
+    return replace(spec, vocab=vocab, codes=codes)
 
 
 def files_fingerprint(*paths: str | Path, settings: str = "") -> str:

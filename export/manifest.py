@@ -89,7 +89,8 @@ def describe(model: nn.Module, spec: TokenizerSpec) -> tuple[Manifest, dict[str,
     if tokenizer.vocab_size != vocab_size:
         raise UserError(f"tokenizer {spec.vocab} has {tokenizer.vocab_size} tokens but the model's vocab_size "
                         f"is {vocab_size}: export with the tokenizer the model was trained with")
-    sources = (spec.vocab,) if spec.kind == "wordpiece" else (spec.vocab, spec.codes)
+    local = tokenizer.spec   # the files themselves, fetched if the run named them by URI
+    sources = (local.vocab,) if spec.kind == "wordpiece" else (local.vocab, local.codes)
     files = {export_name: Path(source).read_bytes()
              for export_name, source in zip(TOKENIZER_FILES[spec.kind], sources)}
     manifest = Manifest(model=adapter.name, config=adapter.config_of(model), tokenizer_kind=spec.kind,

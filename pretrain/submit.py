@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from data_pipeline.errors import UserError, run_cli
+from data_pipeline.object_store import is_uri
 from pretrain.config import load_config
 from pretrain.k8s import status
 from export.exporter import FORMATS
@@ -23,6 +24,7 @@ from pretrain.k8s.export_job import DEFAULT_FORMATS, copy_commands, export_job
 from pretrain.k8s.kueue import queued
 from pretrain.k8s.status import batch_job_finished
 from pretrain.k8s.manifest import (
+    CACHE_DIR,
     CHECKPOINTS_DIR,
     CPUS_PER_GPU,
     DATA_DIR,
@@ -58,6 +60,12 @@ Inside every pod:
                               paths in the config (shards, vocab) are read from the data volume
   {CHECKPOINTS_DIR}/NAME           the run directory on the checkpoints PVC (train.run_dir)
 
+Object storage: with --run-root s3://BUCKET/runs the job mounts no PVC at all: the run directory is
+s3://BUCKET/runs/NAME, every path the config reads (data.train, data.valid, data.tokenizer.vocab) must
+be a URI too, shards are cached on an emptyDir at {CACHE_DIR} (--cache-size), and
+--object-store-secret NAME gives the pods AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, if the Secret
+has them, AWS_ENDPOINT_URL (MinIO, Ceph) and AWS_DEFAULT_REGION from that Secret's keys.
+
 Resuming: the run directory depends only on the job's name and the job runs with train.resume=auto,
 so a crashed pod restarts from the newest checkpoint, and submitting a finished (failed or
 succeeded) job's name again re-creates it and resumes. Use a new name to start from scratch."""
@@ -78,6 +86,12 @@ examples:
   {_PROG} render --trainer tlm --config configs/tiny_mlm.yaml --name tiny --gpus 0 | kubectl apply -f -
 
   {_PROG} delete bert-1     # the checkpoints stay on the checkpoints PVC
+
+  # shards, vocab and checkpoints in S3 (or MinIO), credentials from the Secret s3-credentials
+  {_PROG} submit --trainer tlm --config configs/bert_base_mlm.yaml --name bert-s3 --gpus 8 \
+      --run-root s3://my-bucket/runs --object-store-secret s3-credentials \
+      data.train=[s3://my-bucket/corpus/train] data.valid=[s3://my-bucket/corpus/valid] \
+      data.tokenizer.vocab=s3://my-bucket/corpus/train/vocab.txt
 
   # a cluster with Trainer v2 and Kueue: a TrainJob queued in the LocalQueue team-a
   {_PROG} submit --api trainjob --queue team-a --trainer tlm --config configs/bert_base_mlm.yaml \\
@@ -193,6 +207,15 @@ def _job_arguments() -> argparse.ArgumentParser:
                        help=f"PVC with the data, mounted read-only at {DATA_DIR} (default: {defaults.data_pvc})")
     group.add_argument("--checkpoints-pvc", default=defaults.checkpoints_pvc,
                        help=f"shared writable PVC mounted at {CHECKPOINTS_DIR} (default: {defaults.checkpoints_pvc})")
+    group.add_argument("--run-root", metavar="URI", help="object-store prefix for run directories (e.g. "
+                       "s3://bucket/runs): the run lives in URI/NAME and the job mounts no PVC; the config must "
+                       "read its data and vocab by URI too")
+    group.add_argument("--object-store-secret", metavar="SECRET", help="Secret whose keys AWS_ACCESS_KEY_ID, "
+                       "AWS_SECRET_ACCESS_KEY (and optional AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) become the "
+                       "pods' env (default: none; the pod's service account or node role must then grant access)")
+    group.add_argument("--cache-size", default=defaults.cache_size, help=f"with --run-root: the emptyDir at "
+                       f"{CACHE_DIR} caching whole shards, shared by a pod's processes (default: "
+                       f"{defaults.cache_size})")
     group.add_argument("--queue", metavar="NAME", help="Kueue LocalQueue to submit to (label "
                        "kueue.x-k8s.io/queue-name); the job waits there until Kueue admits it")
     group.add_argument("--priority-class", metavar="NAME", help="with --queue: Kueue WorkloadPriorityClass "
@@ -228,12 +251,30 @@ def _job_spec(args: argparse.Namespace) -> tuple[JobSpec, str]:
         raise UserError(f"cannot read --config {args.config} ({getattr(err, 'strerror', None) or err}); "
                         "pass a training config such as configs/tiny_mlm.yaml") from None
     schema = importlib.import_module(f"pretrain.{args.trainer}").RECIPE.schema
-    load_config(schema, ["--config", str(args.config), *args.overrides])
+    cfg = load_config(schema, ["--config", str(args.config), *args.overrides])
     spec = JobSpec(name=args.name, trainer=args.trainer, image=args.image, workers=args.workers,
                    min_workers=args.min_workers, gpus=args.gpus, nproc_per_node=args.nproc_per_node,
                    cpus=args.cpus, memory=args.memory, shm_size=args.shm_size, data_pvc=args.data_pvc,
-                   checkpoints_pvc=args.checkpoints_pvc, overrides=tuple(args.overrides))
+                   checkpoints_pvc=args.checkpoints_pvc, run_root=args.run_root,
+                   object_store_secret=args.object_store_secret, cache_size=args.cache_size,
+                   overrides=tuple(args.overrides))
+    if spec.object_store:
+        _check_no_local_paths(cfg, args.config)
     return spec, config_text
+
+
+def _check_no_local_paths(cfg, config: Path) -> None:
+    """An object-store job mounts no data volume: a local path in its config could only fail in the pods."""
+    data = cfg.data
+    for key, values in (("data.train", data.train), ("data.valid", data.valid),
+                        ("data.tokenizer.vocab", (data.tokenizer.vocab,)),
+                        ("data.tokenizer.codes", (data.tokenizer.codes,)),
+                        ("data.sample.dir", (data.sample.dir,)), ("train.init_from", (cfg.train.init_from,))):
+        local = [value for value in values if value and not is_uri(value)]
+        if local:
+            raise UserError(f"{config}: {key} is the local path {local[0]}, but a job with --run-root mounts no data "
+                            f"volume: give an object-store URI (preprocess --out s3://... uploads the shards and the "
+                            f"vocab beside them){', or set data.sample.dir=' if key == 'data.sample.dir' else ''}")
 
 
 def _connect(args: argparse.Namespace) -> Cluster:
@@ -250,7 +291,7 @@ def _job(spec: JobSpec, args: argparse.Namespace) -> dict:
 def _render(args: argparse.Namespace) -> int:
     spec, config_text = _job_spec(args)
     job = _job(spec, args)
-    runtime = [training_runtime()] if args.api == "trainjob" else []
+    runtime = [training_runtime(spec.object_store)] if args.api == "trainjob" else []
     sys.stdout.write(to_yaml([config_map(spec, config_text), *runtime, job]))
     return 0
 
@@ -268,11 +309,11 @@ def _submit(args: argparse.Namespace) -> int:
                             f"--watch`, or stop it with `{_PROG} delete {spec.name} --api {args.api}` before "
                             "submitting again")
         print(f"{kind}/{spec.name} {status.state(previous).lower()} earlier: re-creating it; training "
-              f"resumes from the newest checkpoint in {run_dir(spec.name)}")
+              f"resumes from the newest checkpoint in {spec.run_dir}")
         cluster.delete_job(spec.name)
         cluster.wait_job_deleted(spec.name)
     if args.api == "trainjob":
-        runtime = training_runtime()
+        runtime = training_runtime(spec.object_store)
         print(f"trainingruntime/{runtime['metadata']['name']} {cluster.apply_training_runtime(runtime)}")
     cluster.apply_config_map(config_map(spec, config_text))
     try:
@@ -288,8 +329,8 @@ def _submit(args: argparse.Namespace) -> int:
     queue = f", queued in {args.queue}" if args.queue else ""
     print(f"created {kind}/{spec.name} in namespace {cluster.namespace}: {pods} pods x {spec.procs_per_pod} "
           f"processes, image {spec.image}{queue}")
-    print(f"run directory: {run_dir(spec.name)} on PVC {spec.checkpoints_pvc} (submitting {spec.name} again "
-          "resumes from its newest checkpoint)")
+    where = "" if spec.object_store else f" on PVC {spec.checkpoints_pvc}"
+    print(f"run directory: {spec.run_dir}{where} (submitting {spec.name} again resumes from its newest checkpoint)")
     print(f"follow it:  {_PROG} status {spec.name} --api {args.api} --watch\n"
           f"            {_PROG} logs {spec.name} --api {args.api} --follow")
     return 0
@@ -393,12 +434,24 @@ def _export(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     cluster = _connect(args)
-    cluster.get_job(args.name)
+    job = cluster.get_job(args.name)
     cluster.delete_job(args.name)
     cluster.delete_config_map(config_map_name(args.name))
-    print(f"deleted {cluster.jobs.singular}/{args.name}; its checkpoints stay in {run_dir(args.name)} on the checkpoints "
-          f"PVC, and a job submitted as {args.name} again resumes from them")
+    print(f"deleted {cluster.jobs.singular}/{args.name}; its checkpoints stay in {_job_run_dir(job)}, and a job "
+          f"submitted as {args.name} again resumes from them")
     return 0
+
+
+def _job_run_dir(job: dict) -> str:
+    """The run directory a job's command names (on the checkpoints PVC, or in an object store)."""
+    spec, name = job["spec"], job["metadata"]["name"]
+    if "trainer" in spec:
+        command = spec["trainer"].get("command", [])
+    else:
+        rspec = next(iter(spec["pytorchReplicaSpecs"].values()))
+        command = rspec["template"]["spec"]["containers"][0].get("command", [])
+    named = [arg.split("=", 1)[1] for arg in command if arg.startswith("train.run_dir=")]
+    return named[-1].replace("$(JOB_NAME)", name) if named else run_dir(name)
 
 
 if __name__ == "__main__":

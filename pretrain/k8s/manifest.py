@@ -9,6 +9,9 @@ tests/k8s keep the two identical, and every kustomize overlay equal to a `render
 Layout inside every pod: the config at /etc/pretrain/config.yaml (ConfigMap), the data PVC read-only at
 /data, which is also the working directory, so relative paths in a config name files on the data
 volume, and the checkpoints PVC at /checkpoints, where the run lives in /checkpoints/<job name>.
+An object-store job (`run_root` set: s3://bucket/runs) has no PVC at all: the run lives in
+<run_root>/<job name>, the config reads its shards and vocab by URI, whole shards are cached on an
+emptyDir at /cache, the working directory is /tmp, and the credentials come from a Secret as env vars.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.errors import UserError
+from data_pipeline.object_store import is_uri
 from pretrain.k8s.rules import pytorch_job_errors
 
 TRAINERS = ("tlm", "paired", "discrim")
@@ -26,6 +30,9 @@ CONFIG_DIR = "/etc/pretrain"
 CONFIG_KEY = "config.yaml"
 DATA_DIR = "/data"
 CHECKPOINTS_DIR = "/checkpoints"
+CACHE_DIR = "/cache"                  # an object-store job's shard cache (emptyDir)
+DEFAULT_CACHE_SIZE = "20Gi"
+CACHE_FILL = 0.9                      # data.cache_limit as a share of the cache volume: room for a download
 MASTER_PORT = 23456
 RUN_AS = 10001                        # the image's non-root user (Dockerfile)
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on every pod of a job
@@ -36,10 +43,19 @@ CPUS_PER_GPU, MEMORY_GIB_PER_GPU, SHM_GIB_PER_GPU = 8, 32, 8   # per-pod default
 JOB_SETS = {"train.run_dir": f"{CHECKPOINTS_DIR}/<job name>", "train.resume": "auto"}
 JOB_SETS_WHY = {"train.run_dir": "pick the run directory with --name (a new name starts from scratch)",
                 "train.resume": "a new --name starts from scratch"}
+# ... and in an object-store job, the shard cache on its volume.
+CACHE_SETS = {"data.cache_dir": CACHE_DIR, "data.cache_limit": f"{CACHE_FILL:.0%} of --cache-size / processes"}
+# The variables an S3 client reads, each from the key of the same name in the job's Secret; the
+# endpoint (MinIO, Ceph) and region are optional there.
+CREDENTIAL_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False),
+                   ("AWS_ENDPOINT_URL", True), ("AWS_DEFAULT_REGION", True))
 
 # A Kubernetes resource quantity ("8", "500m", "32Gi"), as the API server's schema spells it.
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_BYTES = re.compile(r"([0-9]+)([KMGTPE]i?)?")
+_UNITS = {"": 1, **{f"{p}i": 1024 ** (i + 1) for i, p in enumerate("KMGTPE")},
+          **{p: 1000 ** (i + 1) for i, p in enumerate("KMGTPE")}}
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,9 @@ class JobSpec:
     shm_size: str | None = None       # /dev/shm for DataLoader workers; 8Gi per GPU
     data_pvc: str = "pretrain-data"
     checkpoints_pvc: str = "pretrain-checkpoints"
+    run_root: str | None = None       # set (s3://bucket/runs): an object-store job, no PVCs (module doc)
+    object_store_secret: str | None = None  # Secret with the CREDENTIAL_KEYS, as the container's env
+    cache_size: str = DEFAULT_CACHE_SIZE    # an object-store job's shard cache volume
     overrides: tuple[str, ...] = ()   # dotted config overrides appended to the command
 
     def __post_init__(self) -> None:
@@ -95,6 +114,11 @@ class JobSpec:
         for flag, value in (("cpus", self.cpus), ("memory", self.memory), ("shm_size", self.shm_size)):
             if not _QUANTITY.match(value):
                 raise UserError(f"{flag} {value!r} is not a Kubernetes quantity; write e.g. 8, 500m, 32Gi")
+        if self.run_root is not None and not is_uri(self.run_root):
+            raise UserError(f"--run-root {self.run_root!r} is not an object-store URI; write e.g. s3://bucket/runs "
+                            "(without --run-root the run lives on the checkpoints PVC)")
+        if not _BYTES.fullmatch(self.cache_size):
+            raise UserError(f"cache_size {self.cache_size!r} is not a whole number of bytes; write e.g. 20Gi, 500Mi")
         for item in self.overrides:
             if "=" not in item or item.startswith("-"):
                 raise UserError(f"override {item!r} is not section.key=value (e.g. train.max_steps=1000)")
@@ -102,10 +126,29 @@ class JobSpec:
             if key in JOB_SETS:
                 raise UserError(f"override {item!r}: the job sets {key}={JOB_SETS[key]} so that restarted and "
                                 f"re-submitted pods resume from its checkpoints; {JOB_SETS_WHY[key]}")
+            if self.object_store and key in CACHE_SETS:
+                raise UserError(f"override {item!r}: an object-store job sets {key}={CACHE_SETS[key]}, the "
+                                "shard cache volume; size it with --cache-size")
 
     @property
     def elastic(self) -> bool:
         return self.min_workers is not None
+
+    @property
+    def object_store(self) -> bool:
+        return self.run_root is not None
+
+    @property
+    def run_dir(self) -> str:
+        """Where this job's run lives (a run re-created under the same name resumes there)."""
+        return run_dir(self.name, self.run_root)
+
+    @property
+    def cache_limit(self) -> int:
+        """data.cache_limit in bytes: each process's share of the cache volume (every rank keeps its own
+        cache), less room for a download in flight."""
+        number, unit = _BYTES.fullmatch(self.cache_size).groups()
+        return int(int(number) * _UNITS[unit or ""] * CACHE_FILL) // self.procs_per_pod
 
     @property
     def procs_per_pod(self) -> int:
@@ -120,9 +163,9 @@ def config_map_name(job_name: str) -> str:
     return f"{job_name}-config"
 
 
-def run_dir(job_name: str) -> str:
+def run_dir(job_name: str, run_root: str | None = None) -> str:
     """Where a job's checkpoints live; stable per job name, so a re-created job resumes there."""
-    return f"{CHECKPOINTS_DIR}/{job_name}"
+    return f"{(run_root or CHECKPOINTS_DIR).rstrip('/')}/{job_name}"
 
 
 def pod_security() -> dict[str, Any]:
@@ -183,8 +226,19 @@ def container_command(spec: JobSpec) -> list[str]:
     checkpoints under its own name; resume=auto makes a restarted or re-created job continue from
     the newest checkpoint there.
     """
+    cache = [f"data.cache_dir={CACHE_DIR}", f"data.cache_limit={spec.cache_limit}"] if spec.object_store else []
     return ["torchrun", "-m", f"pretrain.{spec.trainer}", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}",
-            f"train.run_dir={CHECKPOINTS_DIR}/$(JOB_NAME)", "train.resume=auto", *spec.overrides]
+            f"train.run_dir={run_dir('$(JOB_NAME)', spec.run_root)}", "train.resume=auto", *cache, *spec.overrides]
+
+
+def credentials_env(secret: str | None) -> list[dict[str, Any]]:
+    """The object store's credentials, from the keys of Secret `secret` (none without one: then the
+    pod's service account or node role must grant access, e.g. IRSA or GKE workload identity)."""
+    if secret is None:
+        return []
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key,
+                                                         **({"optional": True} if optional else {})}}}
+            for key, optional in CREDENTIAL_KEYS]
 
 
 def _replica_spec(spec: JobSpec, replicas: int) -> dict[str, Any]:
@@ -203,7 +257,7 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
         "name": wiring.container,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "workingDir": DATA_DIR,
+        "workingDir": "/tmp" if spec.object_store else DATA_DIR,
         "command": container_command(spec),
         "env": [
             {"name": "JOB_NAME",
@@ -212,14 +266,16 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
             # torchrun waits this long for its ranks after forwarding SIGTERM, then kills them: shorter
             # than the pod's grace period, so it is torchrun, not the kubelet, that decides.
             {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(TORCHRUN_SHUTDOWN_S)},
+            *credentials_env(spec.object_store_secret),    # last: a TrainJob carries them (trainjob.py)
         ],
         **({"ports": [dict(port) for port in wiring.ports]} if wiring.ports else {}),
         "resources": {"requests": requests, "limits": limits},
         "securityContext": container_security(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "data", "mountPath": DATA_DIR, "readOnly": True},
-            {"name": "checkpoints", "mountPath": CHECKPOINTS_DIR},
+            *([{"name": "shard-cache", "mountPath": CACHE_DIR}] if spec.object_store else
+              [{"name": "data", "mountPath": DATA_DIR, "readOnly": True},
+               {"name": "checkpoints", "mountPath": CHECKPOINTS_DIR}]),
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -231,8 +287,9 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": spec.config_map_name}},
-            {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_pvc, "readOnly": True}},
-            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoints_pvc}},
+            *([{"name": "shard-cache", "emptyDir": {"sizeLimit": spec.cache_size}}] if spec.object_store else
+              [{"name": "data", "persistentVolumeClaim": {"claimName": spec.data_pvc, "readOnly": True}},
+               {"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoints_pvc}}]),
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
             {"name": "tmp", "emptyDir": {}},
         ],

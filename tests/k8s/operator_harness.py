@@ -8,8 +8,11 @@ For pod <job>-<type>-<index> the harness
   i + 1), PET_NNODES (pods); with an elasticPolicy: PET_RDZV_ENDPOINT (<job>-worker-0 and the Worker's
   port unless rdzvHost/rdzvPort say otherwise), PET_RDZV_BACKEND (c10d), PET_NNODES (min:max, else the
   Worker replicas), PET_MAX_RESTARTS; always PET_NPROC_PER_NODE (nprocPerNode);
-- resolves the container's own env (values and fieldRefs to the pod's name, namespace and the labels
-  the operator puts on it) and expands $(VAR) in the command as the kubelet does;
+- resolves the container's own env (values, fieldRefs to the pod's name, namespace and the labels
+  the operator puts on it, and secretKeyRefs to the Secrets among the job's resources) and expands
+  $(VAR) in the command as the kubelet does; a missing Secret or key that is not optional keeps the
+  container from starting (the kubelet's CreateContainerConfigError); nothing else of this machine's
+  environment reaches a pod that names no such variable: no AWS_* or GOOGLE_* credentials;
 - stands in for the cluster's network and volumes: each pod is named as its pod (hostname) and
   resolves every pod name of the job, through its own /etc/hosts, to that pod's loopback address
   (127.0.0.2, ...); the job's port is a free local port (pods share this machine's network namespace); each volumeMount's path in the
@@ -28,6 +31,7 @@ For pod <job>-<type>-<index> the harness
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import os
@@ -50,6 +54,13 @@ _VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 class JobFailed(Exception):
     """The job used up its restarts, or did not finish in time."""
+
+
+class CreateContainerConfigError(Exception):
+    """The kubelet cannot build the container's env: a Secret or key it names is missing."""
+
+
+_CLOUD_CREDENTIALS = ("AWS_", "GOOGLE_")   # a pod gets these only from its own spec
 
 
 @dataclass
@@ -140,6 +151,7 @@ class LocalJob:
                  overrides: tuple[str, ...] = ()) -> None:
         job = copy.deepcopy(next(r for r in resources if r["kind"] == "PyTorchJob"))
         self.config_maps = {r["metadata"]["name"]: r for r in resources if r["kind"] == "ConfigMap"}
+        self.secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
         self.claims, self.workdir = claims, workdir
         self.name = job["metadata"]["name"]
         self.backoff_limit = job["spec"].get("runPolicy", {}).get("backoffLimit", 6)
@@ -199,6 +211,16 @@ class LocalJob:
                 raise JobFailed(f"job {self.name} did not finish in {timeout_s:.0f}s:\n{self.logs()}")
             time.sleep(poll_s)
 
+    def run_to_completion(self, timeout_s: float) -> str:
+        """Start the pods, supervise them until the job succeeds (JobFailed otherwise), stop whatever
+        is left, and return the pods' logs."""
+        self.start()
+        try:
+            self.run_until(lambda _: False, timeout_s=timeout_s)
+        finally:
+            self.kill()
+        return self.logs()
+
     def logs(self) -> str:
         return "\n".join(pod.log() for pod in self.pods)
 
@@ -206,7 +228,7 @@ class LocalJob:
         rspec = job["spec"]["pytorchReplicaSpecs"][rtype]
         pod = local_pod(f"{self.name}-{rtype.lower()}-{index}", rspec["template"]["spec"], pytorch_container(rspec),
                         operator_labels(self.name, rtype, index), operator_env(job, rtype, index), self.claims,
-                        self.config_maps, self.workdir)
+                        self.config_maps, self.workdir, self.secrets)
         pod.hosts = self.hosts
         return pod
 
@@ -239,11 +261,12 @@ def run_batch_job(job: dict[str, Any], claims: dict[str, Path], workdir: Path, t
 
 def local_pod(name: str, spec: dict[str, Any], container: dict[str, Any], labels: dict[str, str],
               added_env: dict[str, str], claims: dict[str, Path], config_maps: dict[str, dict[str, Any]],
-              workdir: Path) -> Pod:
+              workdir: Path, secrets: dict[str, dict[str, Any]] | None = None) -> Pod:
     """Pod `name` running `container` of pod `spec` here: volumes as local directories, the container's
     env resolved, then `added_env` (what a controller adds), and $(VAR)s expanded in its command."""
     mounts, read_only = mount_directories(name, spec, container, claims, config_maps, workdir)
-    env = resolved_env(container, name, labels, added_env, lambda text: _localize(text, mounts))
+    env = resolved_env(container, name, labels, added_env, lambda text: _localize(text, mounts),
+                       secrets)
     command = [_localize(arg, mounts) for arg in expanded_command(container, env)]
     cwd = Path(_localize(container.get("workingDir", str(workdir)), mounts))
     return Pod(name, command, container_env(env), cwd, workdir / f"{name}.log", read_only,
@@ -251,12 +274,16 @@ def local_pod(name: str, spec: dict[str, Any], container: dict[str, Any], labels
 
 
 def resolved_env(container: dict[str, Any], pod: str, labels: dict[str, str], added_env: dict[str, str],
-                 localize: Callable[[str], str] = str) -> dict[str, str]:
+                 localize: Callable[[str], str] = str,
+                 secrets: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """The container's env as the kubelet resolves it (values with $(VAR) expanded, fieldRefs to pod
-    `pod` with `labels`), each value passed through `localize`, then `added_env` (a controller's)."""
+    `pod` with `labels`, secretKeyRefs to `secrets`; an absent optional key is left out), each value
+    passed through `localize`, then `added_env` (a controller's)."""
     env: dict[str, str] = {}
     for variable in container.get("env", []):
-        env[variable["name"]] = localize(_env_value(variable, pod, labels, env))
+        value = _env_value(variable, pod, labels, env, secrets or {})
+        if value is not None:
+            env[variable["name"]] = localize(value)
     return {**env, **added_env}
 
 
@@ -295,7 +322,8 @@ def container_env(env: dict[str, str]) -> dict[str, str]:
     """`env` on top of this process's environment minus launcher variables, with this Python's
     scripts (python, torchrun) first on PATH, as they are in the image."""
     bin_dir = str(Path(sys.executable).parent)
-    return process_env({**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    inherited = process_env({**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    return {key: value for key, value in inherited.items() if key in env or not key.startswith(_CLOUD_CREDENTIALS)}
 
 
 def operator_env(job: dict[str, Any], rtype: str, index: int) -> dict[str, str]:
@@ -336,14 +364,32 @@ def _port(rspec: dict[str, Any]) -> int:
     return next(p["containerPort"] for p in pytorch_container(rspec)["ports"] if p["name"] == "pytorchjob-port")
 
 
-def _env_value(variable: dict[str, Any], pod: str, labels: dict[str, str], env: dict[str, str]) -> str:
+def _env_value(variable: dict[str, Any], pod: str, labels: dict[str, str], env: dict[str, str],
+               secrets: dict[str, dict[str, Any]]) -> str | None:
+    """The variable's value as the kubelet resolves it; None for an optional secret key that is absent."""
     if "value" in variable:
         return _expand(variable["value"], env)
+    if "secretKeyRef" in variable["valueFrom"]:
+        return _secret_value(variable["valueFrom"]["secretKeyRef"], variable["name"], secrets)
     path = variable["valueFrom"]["fieldRef"]["fieldPath"]
     label = _FIELD_LABEL.fullmatch(path)
     if label:
         return labels.get(label[1], "")
     return {"metadata.name": pod, "metadata.namespace": "default"}[path]
+
+
+def _secret_value(ref: dict[str, Any], variable: str, secrets: dict[str, dict[str, Any]]) -> str | None:
+    """A Secret's key: `stringData` as given, `data` base64-decoded (as the API server stores both)."""
+    secret = secrets.get(ref["name"])
+    values = {} if secret is None else {**{k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()},
+                                        **secret.get("stringData", {})}
+    if ref["key"] in values:
+        return values[ref["key"]]
+    if ref.get("optional"):
+        return None
+    missing = f'secret "{ref["name"]}" not found' if secret is None else \
+        f'couldn\'t find key {ref["key"]} in Secret {ref["name"]}'
+    raise CreateContainerConfigError(f"env {variable}: {missing}")
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -37,6 +37,10 @@ RECIPES: dict[str, tuple[str, JobSpec]] = {
                                                           overrides=_SHARDS + _WORDPIECE)),
     "overlays/elastic": ("bert_base_mlm.yaml", JobSpec(name="elastic-mlm-pretrain", trainer="tlm", workers=4,
                                                        min_workers=2, overrides=_SHARDS + _WORDPIECE)),
+    "overlays/object-store": ("bert_base_mlm.yaml", JobSpec(
+        name="mlm-s3", trainer="tlm", run_root="s3://my-bucket/runs", object_store_secret="s3-credentials",
+        overrides=("data.train=[s3://my-bucket/corpus/train]", "data.valid=[s3://my-bucket/corpus/valid]",
+                   "data.tokenizer.vocab=s3://my-bucket/corpus/train/vocab.txt"))),
 }
 
 # The same recipes as Trainer v2 TrainJobs (no elastic one: Trainer v2 has no elastic policy).
@@ -93,7 +97,7 @@ def test_recipe_job_is_what_submit_renders_with_its_flags(directory: str) -> Non
 
 
 def test_shipped_training_runtime_is_what_submit_renders() -> None:
-    assert build(K8S / "trainjob" / "runtime") == [training_runtime()]
+    assert build(K8S / "trainjob" / "runtime") == [training_runtime(), training_runtime(object_store=True)]
 
 
 @pytest.mark.parametrize("directory", [d for d in {**RECIPES, **TRAINJOB_RECIPES} if (K8S / d / "config.yaml").exists()])

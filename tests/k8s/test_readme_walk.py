@@ -23,10 +23,10 @@ SHORT = ("data.batch_size=8", "train.checkpoint_every=4", "train.eval_every=0", 
          "train.num_workers=1", "train.tensorboard=false", "train.max_steps=8")
 
 
-def readme_submit_commands() -> list[list[str]]:
-    """The `python -m pretrain.submit submit ...` commands of README section 4's walk (before its first
-    subsection: the TrainJob variant comes later), as argument lists."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## 4. Kubernetes", 1)[1].split("\n### ", 1)[0]
+def readme_submit_commands(heading: str = "## 4. Kubernetes") -> list[list[str]]:
+    """The `python -m pretrain.submit submit ...` commands under the README's `heading`, up to the next
+    subsection (by default section 4's walk: the TrainJob variant comes later), as argument lists."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split(heading, 1)[1].split("\n### ", 1)[0]
     commands = re.findall(r"^python -m pretrain\.submit submit (.*?(?:\\\n.*?)*)$", section, re.MULTILINE)
     return [shlex.split(command.replace("\\\n", " ")) for command in commands]
 

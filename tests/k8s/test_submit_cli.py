@@ -224,6 +224,34 @@ def test_delete_removes_the_job_and_its_config_map_and_keeps_checkpoints(server,
     assert "checkpoints stay in /checkpoints/demo" in capsys.readouterr().out
 
 
+OBJECT_STORE = ("--run-root", "s3://bucket/runs", "--object-store-secret", "s3", "--cache-size", "10Gi",
+                "data.train=[s3://bucket/c/train]", "data.tokenizer.vocab=s3://bucket/c/train/vocab.txt")
+
+
+def test_object_store_job_mounts_no_pvc_and_takes_its_credentials_from_the_secret(config_file, capsys) -> None:
+    assert _run("render", "--trainer", "tlm", "--config", str(config_file), "--name", "demo", "--gpus", "2",
+                *OBJECT_STORE) == 0
+    _, job = yaml.safe_load_all(capsys.readouterr().out)
+    assert resource_errors(job) == []
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert [v["name"] for v in pod["volumes"]] == ["config", "shard-cache", "dshm", "tmp"]
+    assert pod["volumes"][1]["emptyDir"] == {"sizeLimit": "10Gi"} and container["workingDir"] == "/tmp"
+    assert container["command"][5:9] == ["train.run_dir=s3://bucket/runs/$(JOB_NAME)", "train.resume=auto",
+                                         "data.cache_dir=/cache", f"data.cache_limit={int(10 * 2**30 * 0.9) // 2}"]
+    secret_refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})}
+    assert secret_refs == {"AWS_ACCESS_KEY_ID": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"},
+                           "AWS_SECRET_ACCESS_KEY": {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"},
+                           "AWS_ENDPOINT_URL": {"name": "s3", "key": "AWS_ENDPOINT_URL", "optional": True},
+                           "AWS_DEFAULT_REGION": {"name": "s3", "key": "AWS_DEFAULT_REGION", "optional": True}}
+
+
+def test_delete_of_an_object_store_job_names_its_run_in_the_bucket(server, tmp_path, capsys) -> None:
+    server.add_job("team-a", pytorch_job(JobSpec(name="demo", trainer="tlm", run_root="s3://bucket/runs")), SUCCEEDED)
+    assert _run("delete", "demo", "--kubeconfig", str(server.kubeconfig(tmp_path))) == 0
+    assert "checkpoints stay in s3://bucket/runs/demo, and a job" in capsys.readouterr().out
+
+
 def test_unreadable_config_file_is_a_user_error(tmp_path, capsys) -> None:
     assert _run("render", "--trainer", "tlm", "--config", str(tmp_path / "nope.yaml"), "--name", "demo") == 2
     assert "cannot read --config" in capsys.readouterr().err
@@ -276,11 +304,17 @@ def test_malformed_kubeconfig_is_one_line_and_exit_2(tmp_path: Path, text: str) 
     (("train.run_dir=/etc",), "override 'train.run_dir=/etc': the job sets train.run_dir=/checkpoints/<job name>"),
     (("train.resume=none",), "override 'train.resume=none': the job sets train.resume=auto"),
     (("--gpus", "8", "--nproc-per-node", "4"), "--nproc-per-node 4 with --gpus 8: each process drives one GPU"),
+    (("--run-root", "runs"), "--run-root 'runs' is not an object-store URI"),
+    (("--run-root", "s3://b/runs", "data.train=[s3://b/train]", "data.tokenizer.vocab=/data/vocab.txt"),
+     "CONFIG: data.tokenizer.vocab is the local path /data/vocab.txt, but a job with --run-root mounts no data volume"),
+    (("--run-root", "s3://b/runs", "data.cache_limit=5"), "override 'data.cache_limit=5': an object-store job sets"),
+    (("--run-root", "s3://b/runs", "--cache-size", "1.5Gi"), "cache_size '1.5Gi' is not a whole number of bytes"),
 ])
 def test_render_refuses_flags_that_break_the_job_in_one_line(config_file: Path, flags, message, capsys) -> None:
     assert _run("render", "--trainer", "tlm", "--config", str(config_file), "--name", "demo", *flags) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+    assert out == "" and err.startswith(f"error: {message.replace('CONFIG', str(config_file))}")
+    assert len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("gpus, cpus, memory, shm", [(0, "8", "32Gi", "8Gi"), (1, "8", "32Gi", "8Gi"),

@@ -57,6 +57,20 @@ def test_submit_creates_our_runtime_the_config_map_and_the_trainjob(server, tmp_
     assert "created trainjob/demo in namespace team-a: 2 node pods x 1 processes" in out and "queued in team-a" in out
 
 
+def test_an_object_store_job_runs_on_the_runtime_without_pvcs_with_the_secret_in_its_env(server, tmp_path, config_file,
+                                                                                       capsys) -> None:
+    flags = ("--run-root", "s3://bucket/runs", "--object-store-secret", "s3", "data.train=[s3://bucket/c/train]")
+    assert _submit(server, tmp_path, config_file, *flags) == 0
+    assert server.calls()[1:3] == [f"GET {RUNTIMES}/pretrain-service-object-store", f"POST {RUNTIMES}"]
+    runtime, job = server.requests[2].body, server.requests[4].body
+    assert runtime == training_runtime(object_store=True) and resource_errors(runtime) == []
+    assert job == _job(run_root="s3://bucket/runs", object_store_secret="s3", overrides=flags[4:])
+    assert resource_errors(job) == [] and job["spec"]["runtimeRef"]["name"] == "pretrain-service-object-store"
+    assert [v["name"] for v in job["spec"]["trainer"]["env"]] == [
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"]
+    assert "run directory: s3://bucket/runs/demo (submitting" in capsys.readouterr().out
+
+
 def test_an_outdated_runtime_is_replaced_at_the_version_read_and_a_current_one_left(server, tmp_path,
                                                                                    config_file, capsys) -> None:
     outdated = training_runtime()

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pretrain.k8s.manifest import JobSpec, config_map, pod_template
 from pretrain.k8s.trainjob import TRAINJOB_WIRING, train_job, training_runtime
 from tests.k8s.trainer_harness import LocalTrainJob, node_pod_spec, torch_env
 from tests.k8s.validation import resource_errors
 
 
-def test_controller_builds_exactly_the_one_pod_plus_the_torch_contract() -> None:
+@pytest.mark.parametrize("storage", [{"data_pvc": "corpus", "checkpoints_pvc": "ckpt"},
+                                     {"run_root": "s3://bucket/runs", "object_store_secret": "s3", "cache_size": "2Gi"}],
+                         ids=["pvcs", "object-store"])
+def test_controller_builds_exactly_the_one_pod_plus_the_torch_contract(storage) -> None:
     """One definition of the pod: runtime + TrainJob give manifest.pod_template's pod for the job."""
     spec = JobSpec(name="demo", trainer="paired", workers=2, gpus=0, cpus="3", memory="6Gi", shm_size="1Gi",
-                   image="registry.example.com/p:2", data_pvc="corpus", checkpoints_pvc="ckpt",
-                   overrides=("train.max_steps=4",))
-    pod, nodes, backoff_limit = node_pod_spec(training_runtime(), train_job(spec))
+                   image="registry.example.com/p:2", overrides=("train.max_steps=4",), **storage)
+    pod, nodes, backoff_limit = node_pod_spec(training_runtime(spec.object_store), train_job(spec))
     assert (nodes, backoff_limit) == (3, 3)
     container = pod["containers"][0]
     assert container.pop("ports") == [{"containerPort": 29500}]

@@ -33,12 +33,7 @@ def _submitted(name: str, claims: dict[str, Path], workdir: Path, num_workers: i
 
 
 def _run_to_completion(job: LocalTrainJob) -> str:
-    job.start()
-    try:
-        job.run_until(lambda _: False, timeout_s=TIMEOUT_S)
-    finally:
-        job.kill()
-    return job.logs()
+    return job.run_to_completion(TIMEOUT_S)
 
 
 def _export(run: str, claims: dict[str, Path], workdir: Path) -> dict[str, np.ndarray]:

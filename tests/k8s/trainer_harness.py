@@ -8,7 +8,8 @@ and torch plugins of kubeflow/trainer v2.3):
   TrainJob's runtimePatches are strategic-merged into its pod (volumes by name, replacing the
   runtime's volume of that name; container volumeMounts by mountPath); any other patched field is
   refused rather than ignored;
-- the `node` container takes the TrainJob's image, command and args, its env upserted by name, and
+- the `node` container takes the TrainJob's image, command and args, its env upserted by name (a
+  secretKeyRef resolved from the Secrets among the resources, as operator_harness says), and
   resourcesPerNode merged over the runtime's resources;
 - numNodes (TrainJob, else mlPolicy) pods, one per completion index of an Indexed Job, hostname
   <job>-node-0-<index> in the subdomain <job>, labelled with the JobSet's and Job's names and index;
@@ -92,8 +93,11 @@ class LocalTrainJob(LocalJob):
     def __init__(self, resources: list[dict[str, Any]], claims: dict[str, Path], workdir: Path,
                  overrides: tuple[str, ...] = ()) -> None:
         job = next(r for r in resources if r["kind"] == "TrainJob")
-        runtime = next(r for r in resources if r["kind"] == "TrainingRuntime")
+        runtimes = [r for r in resources if r["kind"] == "TrainingRuntime"]
+        # The one the TrainJob names (node_pod_spec refuses any other).
+        runtime = next((r for r in runtimes if r["metadata"]["name"] == job["spec"]["runtimeRef"]["name"]), runtimes[0])
         self.config_maps = {r["metadata"]["name"]: r for r in resources if r["kind"] == "ConfigMap"}
+        self.secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
         self.claims, self.workdir = claims, workdir
         self.name = job["metadata"]["name"]
         pod, nodes, self.backoff_limit = node_pod_spec(runtime, job)
@@ -120,7 +124,7 @@ class LocalTrainJob(LocalJob):
         container["env"] = [v for v in container["env"] if v["name"] not in RESERVED_ENV]
         added["PET_MASTER_PORT"] = port                # 29500 on every pod's own address; here one free port
         node = local_pod(f"{self.name}-{NODE}-0-{index}", pod, container, labels, added, self.claims,
-                         self.config_maps, self.workdir)
+                         self.config_maps, self.workdir, self.secrets)
         node.hosts = self.hosts
         return node
 

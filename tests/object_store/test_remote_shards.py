@@ -2,6 +2,8 @@
 reader streams through a bounded, verified cache and survives the server going away for a few seconds."""
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
 from itertools import islice
@@ -12,11 +14,13 @@ from torch.utils.data import DataLoader
 
 from data_pipeline.__main__ import main as data_cli
 from data_pipeline.errors import DataError, UserError
+from data_pipeline.object_store import is_uri
 from data_pipeline.preprocess import preprocess
 from data_pipeline.readers import ShardedDataset
 from data_pipeline.remote_dataset import MANIFEST_NAME, DatasetUpload, read_manifest
 from data_pipeline.shard_cache import ShardCache
 from data_pipeline.shards import Shard, ShardHeader, find_shards
+from data_pipeline.tokenizer import load_tokenizer
 from tests.data_pipeline.conftest import one_line_error
 from tests.data_pipeline.test_readers import write_blocks
 
@@ -76,6 +80,12 @@ def test_preprocess_cli_uploads_shards_then_the_manifest(s3, small_corpus, wordp
     for shard in shards:
         for f in shard.files:
             assert stored[f"train/{f.name}"] == f.size == (tmp_path / "local" / f.name).stat().st_size
+    # The vocab went up beside the shards: a tokenizer loads from its URI, and it is the same tokenizer.
+    vocab_name = wordpiece_spec.vocab.rsplit("/", 1)[-1]
+    assert stored[f"train/{vocab_name}"] == os.path.getsize(wordpiece_spec.vocab)
+    remote = load_tokenizer(dataclasses.replace(wordpiece_spec, vocab=f"{uri}/{vocab_name}"))
+    assert remote.fingerprint == load_tokenizer(wordpiece_spec).fingerprint
+    assert not is_uri(remote.spec.vocab) and remote.encode("import os") == load_tokenizer(wordpiece_spec).encode("import os")
 
 
 def test_a_dataset_without_its_manifest_is_not_readable(s3, local_corpus, tmp_path):
