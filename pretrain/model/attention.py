@@ -57,6 +57,14 @@ def self_attention_mask(length: int, device: torch.device, *, padding_mask: torc
     return mask | (offsets == 0)
 
 
+def cross_attention_mask(query_documents: torch.Tensor, key_documents: torch.Tensor) -> torch.Tensor:
+    """Bool [B, 1, Tq, Tk], True where query i and key j carry the same pair id (packed pairs: a target
+    attends to its own source only). A padding query (-1) may attend everywhere, so no row is empty (an
+    all-False row makes SDPA return NaNs, and NaN values poison the next layer even under a zero weight)."""
+    same = query_documents[:, :, None] == key_documents[:, None, :]
+    return (same | (query_documents < 0)[:, :, None]).unsqueeze(1)
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over `num_heads` heads, with optional relative positions.
 

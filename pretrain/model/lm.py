@@ -10,7 +10,7 @@ from pretrain.model.attention import self_attention_mask
 from pretrain.model.config import TransformerConfig
 from pretrain.model.documents import document_positions
 from pretrain.model.embeddings import Embeddings
-from pretrain.model.rotary import rope_angles
+from pretrain.model.rotary import rope_tables
 from pretrain.model.norms import make_norm
 from pretrain.model.transformer import TransformerBlock, init_bert_weights
 
@@ -37,13 +37,14 @@ class TransformerEncoder(nn.Module):
         """padding_mask: [B, T] bool, True at real tokens; pass None when there is no padding (it keeps the
         fused attention kernels). causal: position t attends to positions <= t only. documents: [B, T]
         document ids (`documents.document_ids`) of packed blocks: a token then attends only inside its own
-        document, and rotary positions restart at each document."""
+        document, and positions (absolute or rotary) restart at each document."""
         if self.max_len is not None and tokens.shape[1] > self.max_len:
             raise UserError(f"sequence length {tokens.shape[1]} exceeds model.max_len={self.max_len}: raise "
                             "model.max_len or shorten the sequences")
-        x = self.embeddings(tokens)
+        positions = None if documents is None else document_positions(documents)
+        x = self.embeddings(tokens, positions)
         masks = self._masks(tokens, padding_mask, causal, documents)
-        ropes = self._rope_angles(tokens, documents)
+        ropes = rope_tables(self.cfg, tokens, positions)
         for index, layer in enumerate(self.layers):
             is_global = self.cfg.is_global(index)
             rope = ropes.get(self.cfg.layer_rope_theta(index))
@@ -61,18 +62,6 @@ class TransformerEncoder(nn.Module):
         if self.cfg.global_every > 1:
             masks[False] = build(self.cfg.local_window // 2)
         return masks
-
-    def _rope_angles(self, tokens: torch.Tensor,
-                     documents: torch.Tensor | None) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-        """{theta: (cos, sin)} for every theta the layers use; {} without rotary positions."""
-        if not self.cfg.rope:
-            return {}
-        if documents is None:
-            positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-        else:
-            positions = document_positions(documents)
-        thetas = {self.cfg.layer_rope_theta(index) for index in range(self.cfg.layers)}
-        return {theta: rope_angles(positions, self.cfg.head_dim, theta) for theta in thetas}
 
 
 class MaskedLMHead(nn.Module):

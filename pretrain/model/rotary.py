@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from pretrain.model.config import TransformerConfig
+
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each [B, 1, T, head_dim] for positions [B, T]: angle p * theta^(-2c / head_dim) for the
@@ -23,3 +25,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     first, second = x.chunk(2, dim=-1)
     rotated = torch.cat((-second, first), dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def rope_tables(cfg: TransformerConfig, tokens: torch.Tensor,
+                positions: torch.Tensor | None) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """{theta: (cos, sin)} for every theta the layers of `cfg` use ({} without rotary positions), at
+    `positions` [B, T] (None: 0..T-1 for every row)."""
+    if not cfg.rope:
+        return {}
+    if positions is None:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    return {theta: rope_angles(positions, cfg.head_dim, theta)
+            for theta in {cfg.layer_rope_theta(index) for index in range(cfg.layers)}}
