@@ -33,11 +33,15 @@ class TransformerEncoder(nn.Module):
         self.apply(init_bert_weights)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
+                causal: bool = False, documents: torch.Tensor | None = None,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
         """padding_mask: [B, T] bool, True at real tokens; pass None when there is no padding (it keeps the
         fused attention kernels). causal: position t attends to positions <= t only. documents: [B, T]
         document ids (`documents.document_ids`) of packed blocks: a token then attends only inside its own
-        document, and positions (absolute or rotary) restart at each document."""
+        document, and positions (absolute or rotary) restart at each document. outputs_at: [B, Q] positions
+        whose states alone are wanted (MLM targets): the last layer then computes only those ([B, Q, D]
+        returned), its keys and values still over every position; not for causal or relative-position
+        models."""
         if self.max_len is not None and tokens.shape[1] > self.max_len:
             raise UserError(f"sequence length {tokens.shape[1]} exceeds model.max_len={self.max_len}: raise "
                             "model.max_len or shorten the sequences")
@@ -45,10 +49,15 @@ class TransformerEncoder(nn.Module):
         x = self.embeddings(tokens, positions)
         masks = self._masks(tokens, padding_mask, causal, documents)
         ropes = rope_tables(self.cfg, tokens, positions)
+        if outputs_at is not None and (causal or self.cfg.rpr_k):
+            raise ValueError("outputs_at needs non-causal attention without relative positions")
+        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            is_global = self.cfg.is_global(index)
-            rope = ropes.get(self.cfg.layer_rope_theta(index))
-            x = layer(x, padding_mask, causal, mask=masks[is_global], rope=rope)
+            mask, rope = masks[self.cfg.is_global(index)], ropes.get(self.cfg.layer_rope_theta(index))
+            if index == last and outputs_at is not None:
+                x = layer.at_positions(x, outputs_at, padding_mask, mask=mask, rope=rope)
+            else:
+                x = layer(x, padding_mask, causal, mask=mask, rope=rope)
         return x if self.final_norm is None else self.final_norm(x)
 
     def _masks(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, causal: bool,
@@ -93,8 +102,9 @@ class TransformerLM(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.output_bias else None
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder(tokens, padding_mask, causal, documents)
+                causal: bool = False, documents: torch.Tensor | None = None,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(tokens, padding_mask, causal, documents, outputs_at)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> [..., V] through the head transform (if any) and the tied projection."""
