@@ -55,6 +55,17 @@ def test_rope_rotates_each_channel_pair_by_position_times_its_frequency():
     torch.testing.assert_close(rotated[..., half:].double(), expected.imag, atol=1e-5, rtol=0)
 
 
+def test_rope_gradient_is_the_element_wise_formulas():
+    x = torch.randn(2, 3, 5, 8, requires_grad=True)
+    cos, sin = rope_angles(torch.tensor([[0, 1, 2, 7, 30], [4, 0, 1, 2, 3]]), 8, 500.0)
+    upstream = torch.randn(2, 3, 5, 8)
+    (apply_rope(x, cos, sin) * upstream).sum().backward()
+    ours, x.grad = x.grad, None
+    first, second = x.chunk(2, dim=-1)
+    ((x * cos + torch.cat((-second, first), dim=-1) * sin) * upstream).sum().backward()
+    torch.testing.assert_close(ours, x.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_rope_scores_depend_only_on_the_offset():
     q, k = torch.randn(2, 1, 1, 1, 8).unbind(0)
     def score(i: int, j: int) -> torch.Tensor:
