@@ -10,6 +10,8 @@ Pairs (each stepped round-robin with the others, medians after warm-up; see harn
   ours Llama-style CausalLM (rope, SwiGLU, RMSNorm, no biases) vs HF `LlamaForCausalLM` (tied embeddings).
 Both of ours run without document masks here (one document per row, as the HF peers see it); the
 `+ document mask` lines run ours on the same rows cut into 4 documents each, to show what the mask costs.
+--profile adds, for ours and the fastest HF peer of each pair, where one step's CPU time goes
+(torch.profiler self time: matmuls, attention kernels, everything else).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from harness import Contender, run_header, shape_parser, time_round_robin
+from torch.profiler import ProfilerActivity, profile
 
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.objectives.language_modeling import CausalLM, MaskedLM
@@ -32,6 +35,7 @@ WINDOW = 64
 def parse_args() -> argparse.Namespace:
     parser = shape_parser(__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU intra-op threads")
+    parser.add_argument("--profile", action="store_true", help="break one step of ours and the peer down")
     parser.set_defaults(layers=6, d_ff=512)
     return parser.parse_args()
 
@@ -130,9 +134,21 @@ def report(title: str, contenders: list[Contender], peers: int, seconds: dict[st
     print(title)
     for contender in contenders:
         tokens_per_s = contender.tokens / seconds[contender.name]
-        print(f"  {contender.name:36s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step")
+        print(f"  {contender.name:44s} {tokens_per_s:9.0f} tokens/s {seconds[contender.name] * 1e3:8.1f} ms/step")
     fastest_peer = min(seconds[c.name] for c in contenders[-peers:])
     print(f"  ours / fastest HF: {fastest_peer / seconds[contenders[0].name]:.2f}x")
+
+
+def time_breakdown(contender: Contender) -> str:
+    """One profiled step's self CPU time: total, and the shares of matmuls and attention kernels."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        contender.step()
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    matmul = sum(event.self_cpu_time_total for event in events if event.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    attention = sum(event.self_cpu_time_total for event in events if "scaled_dot_product" in event.key)
+    return (f"  {contender.name:44s} {total / 1e3:8.1f} ms: matmuls {matmul / total:4.0%}, attention "
+            f"{attention / total:4.0%}, the rest {(total - matmul - attention) / 1e3:7.1f} ms")
 
 
 def main() -> None:
@@ -141,11 +157,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     one_document, four_documents = token_rows(args, 1), token_rows(args, 4)
     mlm = [ours_mlm(args, masked(args, one_document), False, "ours MaskedLM (ModernBERT-style)"),
-           ours_mlm(args, masked(args, four_documents), True, "ours + document mask (4 docs/row)"),
+           ours_mlm(args, masked(args, four_documents), True, "ours MaskedLM + document mask (4 docs/row)"),
            hf_modernbert(args, masked(args, one_document), sparse=False),
            hf_modernbert(args, masked(args, one_document), sparse=True)]
     clm = [ours_clm(args, one_document, False, "ours CausalLM (Llama-style)"),
-           ours_clm(args, four_documents, True, "ours + document mask (4 docs/row)"),
+           ours_clm(args, four_documents, True, "ours CausalLM + document mask (4 docs/row)"),
            hf_llama(args, one_document)]
     seconds = time_round_robin(mlm + clm, args.device, args.warmup, args.steps)
     print(run_header(args.device))
@@ -153,6 +169,10 @@ def main() -> None:
           f"B {args.batch}; median of {args.steps} steps after {args.warmup} warm-up")
     report("masked LM (30% targets):", mlm, 2, seconds)
     report("causal LM:", clm, 1, seconds)
+    if args.profile:
+        print("one profiled step (self CPU time):")
+        for contender in (mlm[0], min(mlm[2:], key=lambda c: seconds[c.name]), clm[0], clm[2]):
+            print(time_breakdown(contender))
 
 
 if __name__ == "__main__":

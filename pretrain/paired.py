@@ -22,7 +22,7 @@ from pretrain.data import DataConfig
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
 from pretrain.objectives.next_sentence import LineSplitter
-from pretrain.objectives.seq2seq import Seq2Seq
+from pretrain.objectives.seq2seq import Seq2Seq, Seq2SeqConfig
 from pretrain.run import Recipe, main_for
 
 
@@ -33,6 +33,7 @@ class PairedObjectiveConfig:
     name: Literal["dual_encoder", "seq2seq"] = "dual_encoder"
     pairs: Literal["ntp", "nsp"] = "ntp"
     dual_encoder: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def build_objective(cfg: PairedConfig, tokenizer: Tokenizer) -> tuple[nn.Module,
     split = LineSplitter(seed=cfg.train.seed, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id) \
         if cfg.objective.pairs == "nsp" else None
     if cfg.objective.name == "seq2seq":
-        return Seq2Seq.for_tokenizer(model, tokenizer), split
+        return Seq2Seq.for_tokenizer(model, tokenizer, packed=cfg.objective.seq2seq.packed), split
     candidates = cfg.objective.dual_encoder.recall_candidates
     if cfg.data.valid and cfg.data.batch_size < candidates:
         raise UserError(f"data.batch_size={cfg.data.batch_size} is below objective.dual_encoder.recall_candidates="

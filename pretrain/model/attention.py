@@ -57,6 +57,14 @@ def self_attention_mask(length: int, device: torch.device, *, padding_mask: torc
     return mask | (offsets == 0)
 
 
+def cross_attention_mask(query_documents: torch.Tensor, key_documents: torch.Tensor) -> torch.Tensor:
+    """Bool [B, 1, Tq, Tk], True where query i and key j carry the same pair id (packed pairs: a target
+    attends to its own source only). A padding query (-1) may attend everywhere, so no row is empty (an
+    all-False row makes SDPA return NaNs, and NaN values poison the next layer even under a zero weight)."""
+    same = query_documents[:, :, None] == key_documents[:, None, :]
+    return (same | (query_documents < 0)[:, :, None]).unsqueeze(1)
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over `num_heads` heads, with optional relative positions.
 
@@ -85,13 +93,14 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, causal: bool = False,
                 memory: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                query_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x [B, Tq, D] -> [B, Tq, D].
 
         key_padding_mask: [B, Tk] bool, True at real keys (keys are x, or memory when given); None = no
         padding. causal: query i sees keys j <= i (self-attention only). mask: a precomputed bool mask
         (`self_attention_mask`) that replaces both. rope: (cos, sin) of `rotary.rope_angles`, applied to
-        queries and keys.
+        keys, and to queries unless query_rope (the angles at the queries' own positions) is given.
         """
         if causal and memory is not None:
             raise ValueError("causal masking applies to self-attention, not to attention over a memory")
@@ -99,7 +108,7 @@ class MultiHeadAttention(nn.Module):
             raise TypeError(f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}")
         q, k, v = self._project(x, memory)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *(query_rope or rope)), apply_rope(k, *rope)
         if mask is None and (key_padding_mask is not None or (causal and self.rpr_key is not None)):
             mask = allowed_keys(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
         if self.rpr_value is not None:

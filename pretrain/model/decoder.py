@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.model.attention import MultiHeadAttention
+from pretrain.model.attention import MultiHeadAttention, cross_attention_mask, self_attention_mask
 from pretrain.model.config import TransformerConfig
+from pretrain.model.documents import document_positions
 from pretrain.model.embeddings import Embeddings
 from pretrain.model.norms import make_norm
-from pretrain.model.rotary import rope_angles
+from pretrain.model.rotary import rope_tables
 from pretrain.model.transformer import init_bert_weights, make_feed_forward, residual
 
 
@@ -32,12 +33,15 @@ class DecoderBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, self_mask: torch.Tensor | None = None,
+                cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """self_mask, cross_mask: explicit bool masks of packed rows, replacing the causal mask and
+        memory_mask respectively (None: the plain causal mask, memory_mask)."""
         # Right padding needs no self-attention mask: under the causal mask a real target never sees a pad.
-        x = residual(x, lambda h: self.self_attn(h, causal=True, rope=rope), self.self_attn_norm, self.dropout,
-                     self.norm_placement)
-        x = residual(x, lambda h: self.cross_attn(h, memory_mask, memory=memory), self.cross_attn_norm,
+        x = residual(x, lambda h: self.self_attn(h, causal=True, mask=self_mask, rope=rope), self.self_attn_norm,
                      self.dropout, self.norm_placement)
+        x = residual(x, lambda h: self.cross_attn(h, memory_mask, memory=memory, mask=cross_mask),
+                     self.cross_attn_norm, self.dropout, self.norm_placement)
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
@@ -54,16 +58,21 @@ class TransformerDecoder(nn.Module):
         # Only the decoder's own modules: the shared embeddings were initialised by their owner.
         self.layers.apply(init_bert_weights)
 
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """memory_mask: [B, S] bool, True at real source tokens; None = no source padding."""
-        x = self.embeddings(tokens)
-        rope = None
-        if self.cfg.rope:
-            positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-            rope = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                documents: torch.Tensor | None = None, memory_documents: torch.Tensor | None = None) -> torch.Tensor:
+        """memory_mask: [B, S] bool, True at real source tokens; None = no source padding.
+        documents, memory_documents: packed rows (`packing.pack_aligned`): [B, T] and [B, S] pair ids, -1 at
+        padding. A target then attends causally inside its own response and, across, only to its own
+        source; its positions restart at each response. They replace memory_mask."""
+        positions = None if documents is None else document_positions(documents)
+        x = self.embeddings(tokens, positions)
+        self_mask = cross_mask = None
+        if documents is not None:
+            self_mask = self_attention_mask(tokens.shape[1], tokens.device, causal=True, documents=documents)
+            cross_mask = cross_attention_mask(documents, memory_documents)
+        rope = rope_tables(self.cfg, tokens, positions).get(self.cfg.rope_theta)
         for layer in self.layers:
-            x = layer(x, memory, memory_mask, rope)
+            x = layer(x, memory, memory_mask, rope, self_mask, cross_mask)
         return x if self.final_norm is None else self.final_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

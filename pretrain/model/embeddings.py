@@ -42,16 +42,15 @@ class Embeddings(nn.Module):
         self.layer_norm = make_norm(cfg) if cfg.embeddings_layer_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        seq_len = tokens.shape[1]
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """positions: [B, T] absolute positions (restarting at each document of a packed row); None = 0..T-1."""
         x = self.word(tokens)
         if self.word_scale != 1.0:
             x = x * self.word_scale
-        # Slicing the table rather than looking up arange(T) keeps the backward a plain slice-add.
-        if self.position is not None:
-            x = x + self.position.weight[:seq_len]
-        if self.sinusoid is not None:
-            x = x + self.sinusoid[:seq_len]
+        table = self.position.weight if self.position is not None else self.sinusoid
+        if table is not None:
+            # Slicing the table rather than looking up arange(T) keeps the backward a plain slice-add.
+            x = x + (table[:tokens.shape[1]] if positions is None else table[positions])
         if self.bias is not None:
             x = x + self.bias
         if self.layer_norm is not None:

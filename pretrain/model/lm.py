@@ -10,7 +10,7 @@ from pretrain.model.attention import self_attention_mask
 from pretrain.model.config import TransformerConfig
 from pretrain.model.documents import document_positions
 from pretrain.model.embeddings import Embeddings
-from pretrain.model.rotary import rope_angles
+from pretrain.model.rotary import rope_tables
 from pretrain.model.norms import make_norm
 from pretrain.model.transformer import TransformerBlock, init_bert_weights
 
@@ -33,21 +33,31 @@ class TransformerEncoder(nn.Module):
         self.apply(init_bert_weights)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
+                causal: bool = False, documents: torch.Tensor | None = None,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
         """padding_mask: [B, T] bool, True at real tokens; pass None when there is no padding (it keeps the
         fused attention kernels). causal: position t attends to positions <= t only. documents: [B, T]
         document ids (`documents.document_ids`) of packed blocks: a token then attends only inside its own
-        document, and rotary positions restart at each document."""
+        document, and positions (absolute or rotary) restart at each document. outputs_at: [B, Q] positions
+        whose states alone are wanted (MLM targets): the last layer then computes only those ([B, Q, D]
+        returned), its keys and values still over every position; not for causal or relative-position
+        models."""
         if self.max_len is not None and tokens.shape[1] > self.max_len:
             raise UserError(f"sequence length {tokens.shape[1]} exceeds model.max_len={self.max_len}: raise "
                             "model.max_len or shorten the sequences")
-        x = self.embeddings(tokens)
+        positions = None if documents is None else document_positions(documents)
+        x = self.embeddings(tokens, positions)
         masks = self._masks(tokens, padding_mask, causal, documents)
-        ropes = self._rope_angles(tokens, documents)
+        ropes = rope_tables(self.cfg, tokens, positions)
+        if outputs_at is not None and (causal or self.cfg.rpr_k):
+            raise ValueError("outputs_at needs non-causal attention without relative positions")
+        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            is_global = self.cfg.is_global(index)
-            rope = ropes.get(self.cfg.layer_rope_theta(index))
-            x = layer(x, padding_mask, causal, mask=masks[is_global], rope=rope)
+            mask, rope = masks[self.cfg.is_global(index)], ropes.get(self.cfg.layer_rope_theta(index))
+            if index == last and outputs_at is not None:
+                x = layer.at_positions(x, outputs_at, padding_mask, mask=mask, rope=rope)
+            else:
+                x = layer(x, padding_mask, causal, mask=mask, rope=rope)
         return x if self.final_norm is None else self.final_norm(x)
 
     def _masks(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, causal: bool,
@@ -61,18 +71,6 @@ class TransformerEncoder(nn.Module):
         if self.cfg.global_every > 1:
             masks[False] = build(self.cfg.local_window // 2)
         return masks
-
-    def _rope_angles(self, tokens: torch.Tensor,
-                     documents: torch.Tensor | None) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-        """{theta: (cos, sin)} for every theta the layers use; {} without rotary positions."""
-        if not self.cfg.rope:
-            return {}
-        if documents is None:
-            positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-        else:
-            positions = document_positions(documents)
-        thetas = {self.cfg.layer_rope_theta(index) for index in range(self.cfg.layers)}
-        return {theta: rope_angles(positions, self.cfg.head_dim, theta) for theta in thetas}
 
 
 class MaskedLMHead(nn.Module):
@@ -104,8 +102,9 @@ class TransformerLM(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.output_bias else None
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                causal: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder(tokens, padding_mask, causal, documents)
+                causal: bool = False, documents: torch.Tensor | None = None,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(tokens, padding_mask, causal, documents, outputs_at)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> [..., V] through the head transform (if any) and the tied projection."""

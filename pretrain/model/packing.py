@@ -3,6 +3,8 @@ so no attention or FFN compute goes to padding; each sequence is then pooled fro
 
 Rows are filled in batch order (next fit: a sequence that does not fit in the current row starts a new
 one), so the packing is a pure function of the batch and every rank packs its own batch identically.
+Pairs (an encoder-decoder's contexts and responses) are packed row for row (`pack_aligned`), so a row of
+responses finds its contexts in the same row of the encoder's batch.
 """
 from __future__ import annotations
 
@@ -29,27 +31,43 @@ class PackedSequences:
 
 def pack_sequences(tokens: torch.Tensor, pad_id: int) -> PackedSequences:
     """Pack right-padded sequences [B, T] into as few rows of T as next fit gives."""
-    batch, length = tokens.shape
-    real = tokens != pad_id
-    lengths = real.sum(1)
-    rows, starts, row, fill = [], [], 0, 0
-    for size in lengths.tolist():
-        if fill + size > length:
-            row, fill = row + 1, 0
+    return pack_aligned([tokens], pad_id)[0]
+
+
+def pack_aligned(sides: list[torch.Tensor], pad_id: int) -> list[PackedSequences]:
+    """Pack the sequences of several right-padded sides [B, T_side] row for row: sequence i of every side
+    lands in the same row index, so row r of one side's packing holds the partners of row r of the other's
+    (the sources of a row of targets). Next fit over the B tuples: a tuple that does not fit in the current
+    row on some side starts a new row on all of them."""
+    lengths = [(side != pad_id).sum(1).tolist() for side in sides]
+    capacities = [side.shape[1] for side in sides]
+    rows: list[int] = []
+    starts: list[list[int]] = [[] for _ in sides]
+    row, fills = 0, [0] * len(sides)
+    for sizes in zip(*lengths):
+        if any(fill + size > capacity for fill, size, capacity in zip(fills, sizes, capacities)):
+            row, fills = row + 1, [0] * len(sides)
         rows.append(row)
-        starts.append(fill)
-        fill += size
+        for side, size in enumerate(sizes):
+            starts[side].append(fills[side])
+            fills[side] += size
+    return [_place(side, pad_id, rows, side_starts, row + 1) for side, side_starts in zip(sides, starts)]
+
+
+def _place(tokens: torch.Tensor, pad_id: int, rows: list[int], starts: list[int], num_rows: int) -> PackedSequences:
+    """Copy sequence i of `tokens` [B, T] to row rows[i] from column starts[i] of a [num_rows, T] block."""
+    batch, length = tokens.shape
     device = tokens.device
+    real = tokens != pad_id
     starts_flat = torch.tensor(rows, device=device) * length + torch.tensor(starts, device=device)
     positions = starts_flat[:, None] + torch.arange(length, device=device)
     flat_index, sequence = positions[real], torch.arange(batch, device=device)[:, None].expand_as(tokens)[real]
-    num_rows = row + 1
     packed = torch.full((num_rows * length,), pad_id, dtype=tokens.dtype, device=device)
     documents = torch.full((num_rows * length,), -1, dtype=torch.long, device=device)
     packed[flat_index] = tokens[real]
     documents[flat_index] = sequence
     return PackedSequences(packed.view(num_rows, length), documents.view(num_rows, length), flat_index, sequence,
-                           starts_flat, lengths)
+                           starts_flat, real.sum(1))
 
 
 def pool_packed(hidden: torch.Tensor, packed: PackedSequences, kind: str) -> torch.Tensor:

@@ -52,6 +52,24 @@ def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], 
     return norm(x + dropout(sublayer(x)))
 
 
+def gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [B or 1, T, ...] at positions [B, Q] -> [B, Q, ...]."""
+    x = x.expand(positions.shape[0], *x.shape[1:])
+    return x.gather(1, positions.view(*positions.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+def residual_at(x: torch.Tensor, positions: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor],
+                norm: nn.Module, dropout: nn.Dropout, placement: str) -> torch.Tensor:
+    """`residual` computed at positions [B, Q] of x only: sublayer maps the whole (normalised) sequence
+    [B, T, D] to the outputs [B, Q, D] at those positions (attention whose keys are the whole sequence)."""
+    if placement == "pre":
+        return gather_rows(x, positions) + dropout(sublayer(norm(x)))
+    if placement == "mead-pre":
+        x = norm(x)
+        return gather_rows(x, positions) + dropout(sublayer(x))
+    return norm(gather_rows(x, positions) + dropout(sublayer(x)))
+
+
 class TransformerBlock(nn.Module):
     """Self-attention then feed-forward, each wrapped by `residual` with its own LayerNorm.
 
@@ -77,6 +95,23 @@ class TransformerBlock(nn.Module):
         """mask and rope: see MultiHeadAttention.forward (a given mask replaces padding_mask and causal)."""
         x = residual(x, lambda h: self.attn(h, padding_mask, causal, mask=mask, rope=rope),
                      self.attn_norm, self.dropout, self.norm_placement)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
+
+    def at_positions(self, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+        """The block's outputs [B, Q, D] at positions [B, Q] only (non-causal): queries, attention output
+        and feed-forward at those positions, keys and values over the whole of x. mask and rope are the
+        whole sequence's, as `forward` takes them."""
+        query_rope = None if rope is None else tuple(gather_rows(t.transpose(1, 2), positions).transpose(1, 2)
+                                                     for t in rope)
+        query_mask = None if mask is None else gather_rows(mask.transpose(1, 2), positions).transpose(1, 2)
+
+        def attend(h: torch.Tensor) -> torch.Tensor:
+            return self.attn(gather_rows(h, positions), padding_mask, memory=h, mask=query_mask, rope=rope,
+                             query_rope=query_rope)
+
+        x = residual_at(x, positions, attend, self.attn_norm, self.dropout, self.norm_placement)
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 

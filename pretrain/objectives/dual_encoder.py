@@ -118,9 +118,6 @@ class DualEncoder(nn.Module):
         if model.cfg.head_transform or model.cfg.output_bias:
             raise UserError("model.head_transform and model.output_bias belong to a language-model head, which "
                             "the dual encoder does not train: set both to false")
-        if cfg.packed and not (model.cfg.rope and model.cfg.embeddings == "none"):
-            raise UserError("objective.dual_encoder.packed=true needs positions that restart at each packed "
-                            "sequence: set model.rope=true and model.embeddings=none")
         self.cfg = cfg
         self.model = model
         self.pad_id = pad_id

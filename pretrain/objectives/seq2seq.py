@@ -3,8 +3,15 @@
 The decoder reads start + response and predicts response + end (the trainer uses the tokenizer's [CLS] as
 start and its separator, WordPiece [SEP] or BPE <EOS>, as end), so it learns where a response stops;
 encoder and decoder share one embedding module, which is also the output projection.
+
+With `objective.seq2seq.packed`, training packs pair i's context into row r of the encoder's batch and its
+response into row r of the decoder's (`packing.pack_aligned`): each response attends causally within itself
+and across only to its own context, positions restart at each sequence, and only real target positions are
+projected onto the vocabulary. The loss is that of the padded batch; no compute goes to padding.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,6 +21,7 @@ from data_pipeline.tokenizer import Tokenizer
 from pretrain.model.decoder import TransformerDecoder
 from pretrain.model.flops import flops_per_token
 from pretrain.model.lm import TransformerLM
+from pretrain.model.packing import pack_aligned
 from pretrain.objectives.language_modeling import token_cross_entropy
 from pretrain.objectives.masking import IGNORE_INDEX
 
@@ -30,13 +38,21 @@ def teacher_forcing(right: torch.Tensor, pad_id: int, start_id: int,
     return inputs, targets.masked_fill(positions > lengths, IGNORE_INDEX)
 
 
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """packed: several pairs per row of the encoder's and decoder's batches (document masks, no padding)."""
+
+    packed: bool = False
+
+
 class Seq2Seq(nn.Module):
     """batch {left, right} -> token cross-entropy of the response given the context ("lm", with ppl)."""
 
     loss_weights = {"lm": 1.0}
     perplexity_terms = ("lm",)
 
-    def __init__(self, encoder: TransformerLM, *, pad_id: int, start_id: int, end_id: int) -> None:
+    def __init__(self, encoder: TransformerLM, *, pad_id: int, start_id: int, end_id: int,
+                 packed: bool = False) -> None:
         super().__init__()
         if encoder.cfg.head_transform or encoder.cfg.output_bias:
             raise UserError("model.head_transform and model.output_bias are not used by the encoder-decoder "
@@ -44,29 +60,46 @@ class Seq2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = TransformerDecoder(encoder.cfg, encoder.encoder.embeddings)
         self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
+        self.packed = packed
 
     @classmethod
-    def for_tokenizer(cls, encoder: TransformerLM, tokenizer: Tokenizer) -> Seq2Seq:
+    def for_tokenizer(cls, encoder: TransformerLM, tokenizer: Tokenizer, packed: bool = False) -> Seq2Seq:
         """The trainer's choice of ids: pad, [CLS] to start a response, the separator to end it."""
-        return cls(encoder, pad_id=tokenizer.pad_id, start_id=tokenizer.cls_id, end_id=tokenizer.sep_id)
+        return cls(encoder, pad_id=tokenizer.pad_id, start_id=tokenizer.cls_id, end_id=tokenizer.sep_id,
+                   packed=packed)
 
     def forward(self, batch: dict) -> dict:
         left, right = batch["left"], batch["right"]
-        logits, targets = self.teacher_forced_logits(left, right)
+        logits, targets = (self.packed_logits if self.packed else self.teacher_forced_logits)(left, right)
         out = token_cross_entropy(logits, targets)
-        out["tokens"] = left.numel() + targets.numel()
+        out["tokens"] = left.numel() + right.shape[0] * (right.shape[1] + 1)  # padded, as flops_per_token counts
         return out
 
     def teacher_forced_logits(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(decoder logits [B, T + 1, V], targets [B, T + 1]) of responses `right` given contexts `left`."""
-        max_len = self.encoder.cfg.max_len
-        if right.shape[1] >= max_len:
-            raise UserError(f"responses of {right.shape[1]} tokens plus the start token exceed model.max_len="
-                            f"{max_len}: set data.nctx below model.max_len")
+        self._check_length(right)
         source_mask = left != self.pad_id
         memory = self.encoder(left, padding_mask=source_mask)
         inputs, targets = teacher_forcing(right, self.pad_id, self.start_id, self.end_id)
         return self.decoder.logits(self.decoder(inputs, memory, source_mask)), targets
+
+    def packed_logits(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, V], targets [N]) at the N real decoder positions (start + response of every pair), the
+        pairs packed several to a row; the same values as `teacher_forced_logits` gives at those positions."""
+        self._check_length(right)
+        inputs, targets = teacher_forcing(right, self.pad_id, self.start_id, self.end_id)
+        sources, responses = pack_aligned([left, inputs], self.pad_id)  # the start token is never pad
+        memory = self.encoder(sources.tokens, padding_mask=sources.padding_mask, documents=sources.documents)
+        hidden = self.decoder(responses.tokens, memory, documents=responses.documents,
+                              memory_documents=sources.documents)
+        real_hidden = hidden.reshape(-1, hidden.shape[-1])[responses.flat_index]
+        return self.decoder.logits(real_hidden), targets[inputs != self.pad_id]
+
+    def _check_length(self, right: torch.Tensor) -> None:
+        max_len = self.encoder.cfg.max_len
+        if right.shape[1] >= max_len:
+            raise UserError(f"responses of {right.shape[1]} tokens plus the start token exceed model.max_len="
+                            f"{max_len}: set data.nctx below model.max_len")
 
     def score(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """log p(response + end | context) per pair [B]: contexts and responses padded with pad_id."""

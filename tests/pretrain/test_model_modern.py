@@ -14,6 +14,7 @@ from pretrain.model.attention import self_attention_mask
 from pretrain.model.documents import document_ids, document_positions
 from pretrain.model.rotary import apply_rope, rope_angles
 from pretrain.model.transformer import FeedForward
+from pretrain.objectives.language_modeling import MaskedLM, target_slots, token_cross_entropy
 
 VOCAB, SEP = 50, 3
 MODERN = {"rope": True, "embeddings": "none", "ffn": "geglu", "bias": False, "norm": "pre",
@@ -52,6 +53,17 @@ def test_rope_rotates_each_channel_pair_by_position_times_its_frequency():
     expected = complex_x * torch.exp(1j * positions[0, :, None].double() * frequencies)
     torch.testing.assert_close(rotated[..., :half].double(), expected.real, atol=1e-5, rtol=0)
     torch.testing.assert_close(rotated[..., half:].double(), expected.imag, atol=1e-5, rtol=0)
+
+
+def test_rope_gradient_is_the_element_wise_formulas():
+    x = torch.randn(2, 3, 5, 8, requires_grad=True)
+    cos, sin = rope_angles(torch.tensor([[0, 1, 2, 7, 30], [4, 0, 1, 2, 3]]), 8, 500.0)
+    upstream = torch.randn(2, 3, 5, 8)
+    (apply_rope(x, cos, sin) * upstream).sum().backward()
+    ours, x.grad = x.grad, None
+    first, second = x.chunk(2, dim=-1)
+    ((x * cos + torch.cat((-second, first), dim=-1) * sin) * upstream).sum().backward()
+    torch.testing.assert_close(ours, x.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_rope_scores_depend_only_on_the_offset():
@@ -176,3 +188,40 @@ def test_invalid_modern_settings_raise_one_line_user_errors(bad, field):
     with pytest.raises(UserError) as error:
         TransformerConfig(**{"vocab_size": VOCAB, "d_model": 16, "num_heads": 2, **bad})
     assert field in str(error.value) and "\n" not in str(error.value)
+
+
+# -- MLM: the last layer computed at the targets only ------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["modern", "modern-padded", "bert", "mead-pre"])
+def test_mlm_last_layer_at_the_targets_gives_the_full_model_loss_and_gradients(variant):
+    settings = {"modern": {"document_mask": True, "layers": 3, "global_every": 2},
+                "modern-padded": {"layers": 2},
+                "bert": {**{key: TransformerConfig.__dataclass_fields__[key].default for key in MODERN},
+                         "head_transform": True},
+                "mead-pre": {"norm": "mead-pre", "first_attn_norm": True, "layers": 2}}[variant]
+    lm = modern_lm(dropout=0.0, **settings)
+    objective = MaskedLM(lm, mask_rate=0.3, sep_id=SEP)
+    tokens = torch.cat([random_document(7, 1), random_document(9, 2), random_document(16, 3),
+                        random_document(12, 4), random_document(20, 5)]).view(2, 32)
+    targets = torch.tensor([1, 2, 5, 11, 12, 30, 33, 40, 41, 42, 43, 44, 50, 63])  # uneven per row
+    batch = {"inputs": tokens, "target_index": targets, "targets": tokens.view(-1)[targets]}
+    if variant == "modern-padded":
+        batch["padding_mask"] = torch.arange(32) < torch.tensor([[32], [25]])
+    out = objective(batch)
+    out["losses"]["lm"][0].backward()
+    grads = [p.grad.clone() for p in lm.parameters()]
+    lm.zero_grad()
+    hidden = lm(tokens, padding_mask=batch.get("padding_mask"), documents=objective.documents(tokens))
+    full = token_cross_entropy(lm.logits(hidden.reshape(-1, hidden.shape[-1])[targets]), batch["targets"])
+    full["losses"]["lm"][0].backward()
+    torch.testing.assert_close(out["losses"]["lm"][0], full["losses"]["lm"][0], atol=1e-5, rtol=1e-5)
+    assert out["metrics"]["accuracy"][0] == full["metrics"]["accuracy"][0]
+    for grad, param in zip(grads, lm.parameters()):
+        torch.testing.assert_close(grad, param.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_target_slots_lay_each_rows_targets_out_in_order():
+    positions, picked = target_slots(torch.tensor([1, 3, 9, 10, 11]), batch=3, length=4)
+    assert positions.tolist() == [[1, 3, 0], [0, 0, 0], [1, 2, 3]]  # row 1 has no target; short rows pad with 0
+    assert picked.tolist() == [0, 1, 6, 7, 8]
+    assert positions.view(-1)[picked].tolist() == [1, 3, 1, 2, 3]  # each target's column, in order
