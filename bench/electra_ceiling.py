@@ -70,8 +70,9 @@ def bigram_count_auc(train: np.ndarray, corrupted: np.ndarray, replaced: np.ndar
     return roc_auc(torch.from_numpy(surprise), torch.from_numpy(replaced[1:-1]))[0].item()
 
 
-def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor, valid: tuple[torch.Tensor, torch.Tensor],
-                        unigram: torch.Tensor, steps: int, eval_every: int) -> None:
+def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor,
+                        valid: tuple[torch.Tensor, torch.Tensor], unigram: torch.Tensor, steps: int,
+                        eval_every: int) -> None:
     """The preset's discriminator and head trained on unigram noise alone; prints validation loss and AUC."""
     torch.manual_seed(cfg.train.seed)
     encoder = TransformerLM(replace(cfg.model, vocab_size=vocab_size))

@@ -7,7 +7,7 @@
 Both pairs take their shapes, recipe and optimizer from the config (overrides as on the pretrain.discrim
 command line): the discriminator is the `model` section, the generator `objective.generator_fraction` of it,
 sharing the discriminator's embeddings (HF's: word, position and LayerNorm, as in the paper), lambda =
-`objective.discriminator_weight`, one AdamW with the config's warmup and decay, gradients clipped at 1. They
+`objective.discriminator_weight`, one AdamW with the config's warmup, decay and gradient clipping. They
 read the same blocks of the sample corpus's training shards in the same order with the same masks and the
 same sampling uniforms, and both go through `electra_terms` (sampling, labels, losses, metrics), so the only
 difference is the two networks. Every `train.eval_every` steps: generator MLM loss, share of targets the
@@ -124,7 +124,7 @@ def train_curves(cfg: DiscrimConfig, tokenizer, train: torch.Tensor, valid: list
                 break
             ids = order[(step * batch_size + torch.arange(batch_size)) % len(train)]
             weighted_loss(model, model(masked(masker, train[ids], ids))).backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -141,14 +141,16 @@ def main() -> None:
     valid_masker = ReplacementMasker(TokenMasker(cfg.objective.masking(), seed=12345, vocab_size=tokenizer.vocab_size,
                                                  mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids))
     valid_blocks = blocks(data.valid[0], cfg.data.nctx)[: cfg.train.eval_batches * cfg.data.batch_size]
-    valid = [masked(valid_masker, rows, torch.arange(i * len(rows), (i + 1) * len(rows)))
-             for i, rows in enumerate(valid_blocks.split(cfg.data.batch_size))]
+    size = cfg.data.batch_size
+    valid = [masked(valid_masker, rows, torch.arange(i * size, i * size + len(rows)))
+             for i, rows in enumerate(valid_blocks.split(size))]
     curves = train_curves(cfg, tokenizer, train, valid)
     m, o = cfg.model, cfg.optim
     print(f"\nD {m.d_model}, L {m.layers}, H {m.num_heads}, F {m.d_ff}, generator x{cfg.objective.generator_fraction}, "
           f"V {tokenizer.vocab_size}, T {cfg.data.nctx}, B {cfg.data.batch_size}, lr {o.lr}, warmup {o.warmup_steps}, "
           f"lambda {cfg.objective.discriminator_weight}, seed {cfg.train.seed}; validation, {len(valid)} batches")
-    print("| step | model | generator loss | replaced of targets | discriminator loss | accuracy | always-original | AUC |")
+    print("| step | model | generator loss | replaced of targets | discriminator loss | accuracy | always-original "
+          "| AUC |")
     print("|---|---|---|---|---|---|---|---|")
     for step in curves["ours"]:
         for name, curve in curves.items():
