@@ -20,12 +20,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hf_parity import blocks
+from electra_reference import load_recipe, recipe_parser
 from torch import nn
 
-from data_pipeline.tokenizer import load_tokenizer
-from pretrain.config import load_config
-from pretrain.data import resolve_sample_data
 from pretrain.discrim import DiscrimConfig
 from pretrain.model import TransformerLM
 from pretrain.objectives.electra import DiscriminatorHead, roc_auc
@@ -33,13 +30,10 @@ from pretrain.optim import build_optimizer, build_scheduler
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/tiny_electra.yaml")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--smoothing", type=float, default=0.1)
     parser.add_argument("--train-steps", type=int, default=0, help="train the discriminator alone this long")
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", help="section.key=value, as for pretrain.discrim")
     return parser.parse_args()
 
 
@@ -103,11 +97,7 @@ def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(DiscrimConfig, ["--config", args.config, *args.overrides])
-    data = resolve_sample_data(cfg.data, paired=False)
-    tokenizer = load_tokenizer(data.tokenizer.spec())
-    train, valid = blocks(data.train[0], cfg.data.nctx), blocks(data.valid[0], cfg.data.nctx)
+    cfg, tokenizer, train, valid = load_recipe(args)
     counts = torch.bincount(train.flatten(), minlength=tokenizer.vocab_size).double()
     counts[sorted(tokenizer.special_ids)] = 0
     unigram = counts / counts.sum()

@@ -23,7 +23,7 @@ import torch
 from hf_parity import blocks, masked
 from torch import nn
 
-from data_pipeline.tokenizer import load_tokenizer
+from data_pipeline.tokenizer import Tokenizer, load_tokenizer
 from pretrain.data import resolve_sample_data
 from pretrain.discrim import DiscrimConfig
 from pretrain.config import load_config
@@ -36,12 +36,23 @@ COLUMNS = ("generator", "replaced_of_targets", "discriminator", "discriminator_a
            "replaced_auc")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of the ELECTRA benches: a pretrain.discrim config, its overrides, the thread count."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny_electra.yaml")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for pretrain.discrim")
-    return parser.parse_args()
+    return parser
+
+
+def load_recipe(args: argparse.Namespace) -> tuple[DiscrimConfig, Tokenizer, torch.Tensor, torch.Tensor]:
+    """The config with its overrides, its tokenizer, and its training and validation shards as nctx blocks (the
+    sample data is built first where the config asks for it)."""
+    torch.set_num_threads(args.threads)
+    cfg = load_config(DiscrimConfig, ["--config", args.config, *args.overrides])
+    data = resolve_sample_data(cfg.data, paired=False)
+    tokenizer = load_tokenizer(data.tokenizer.spec())
+    return cfg, tokenizer, blocks(data.train[0], cfg.data.nctx), blocks(data.valid[0], cfg.data.nctx)
 
 
 def hf_electra_models(model: TransformerConfig, recipe: ElectraConfig, pad_id: int) -> tuple[nn.Module, nn.Module]:
@@ -132,15 +143,10 @@ def train_curves(cfg: DiscrimConfig, tokenizer, train: torch.Tensor, valid: list
 
 
 def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(DiscrimConfig, ["--config", args.config, *args.overrides])
-    data = resolve_sample_data(cfg.data, paired=False)
-    tokenizer = load_tokenizer(data.tokenizer.spec())
-    train = blocks(data.train[0], cfg.data.nctx)
+    cfg, tokenizer, train, valid_blocks = load_recipe(recipe_parser(__doc__).parse_args())
     valid_masker = ReplacementMasker(TokenMasker(cfg.objective.masking(), seed=12345, vocab_size=tokenizer.vocab_size,
                                                  mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids))
-    valid_blocks = blocks(data.valid[0], cfg.data.nctx)[: cfg.train.eval_batches * cfg.data.batch_size]
+    valid_blocks = valid_blocks[: cfg.train.eval_batches * cfg.data.batch_size]
     size = cfg.data.batch_size
     valid = [masked(valid_masker, rows, torch.arange(i * size, i * size + len(rows)))
              for i, rows in enumerate(valid_blocks.split(size))]
