@@ -23,12 +23,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from electra_reference import hf_electra_models
 from harness import Contender, model_config, restore_collections_aliases, run_header, shape_parser, time_round_robin
 from torch import nn
 
 from pretrain.model import TransformerLM
 from pretrain.objectives.dual_encoder import DualEncoder, DualEncoderConfig
-from pretrain.objectives.electra import Electra, ElectraConfig, ReplacementMasker, generator_config
+from pretrain.objectives.electra import Electra, ElectraConfig, ReplacementMasker
 from pretrain.objectives.language_modeling import MaskedLM
 from pretrain.objectives.masking import MaskingConfig, TokenMasker
 from pretrain.objectives.seq2seq import Seq2Seq, teacher_forcing
@@ -142,19 +143,9 @@ def electras(args: argparse.Namespace) -> list[Contender]:
 
 
 def hf_electra(args: argparse.Namespace, batch: dict, recipe: ElectraConfig) -> Contender:
-    """HF's generator and discriminator wired as the paper does: word and position embeddings shared, the
-    generator sampling with Gumbel noise, the discriminator loss over every position."""
-    from transformers import ElectraConfig as HFConfig
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
-    common = {"vocab_size": args.vocab, "embedding_size": args.d_model, "max_position_embeddings": 512,
-              "num_hidden_layers": args.layers, "pad_token_id": PAD_ID}
-    small = generator_config(model_config(args), recipe)  # the same generator shape as ours
-    generator = ElectraForMaskedLM(HFConfig(hidden_size=small.d_model, num_attention_heads=small.num_heads,
-                                            intermediate_size=small.d_ff, **common))
-    discriminator = ElectraForPreTraining(HFConfig(hidden_size=args.d_model, num_attention_heads=args.heads,
-                                                   intermediate_size=args.d_ff, **common))
-    generator.electra.embeddings = discriminator.electra.embeddings
-    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+    """HF's generator and discriminator wired as the paper does (bench/electra_reference.py), the generator
+    sampling with Gumbel noise, the discriminator loss over every position."""
+    generator, discriminator = hf_electra_models(model_config(args), recipe, PAD_ID)
     pair = nn.ModuleList([generator, discriminator]).to(args.device)
     labels = torch.full_like(batch["tokens"], -100).view(-1).index_copy(0, batch["target_index"], batch["targets"])
     labels = labels.view_as(batch["tokens"])

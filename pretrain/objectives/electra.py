@@ -15,6 +15,7 @@ Special tokens are never sampled, and no gradient flows through the sample.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -160,14 +161,52 @@ def ratio(hits: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(AUC, 1) of `scores` separating `positive` from the rest (Mann-Whitney U over ranks), or (0, 0) when
-    one class is empty, so the logged mean is over the micro-batches that have both and never NaN."""
+    one class is empty, so the logged mean is over the micro-batches that have both and never NaN.
+
+    Tied scores share their mean rank, so a constant score (a discriminator answering the base rate
+    everywhere) reads exactly 0.5 rather than whatever order the sort left the ties in."""
     positives = positive.sum()
     negatives = positive.numel() - positives
     if positives == 0 or negatives == 0:
         return scores.new_zeros(()), scores.new_zeros(())
-    ranks = scores.float().argsort().argsort().double() + 1
+    _, tie_group, tie_sizes = torch.unique(scores.float(), return_inverse=True, return_counts=True)
+    last_rank = tie_sizes.cumsum(0).double()
+    ranks = (last_rank - (tie_sizes - 1) / 2)[tie_group]
     u_statistic = ranks[positive].sum() - positives * (positives + 1) / 2
     return u_statistic / (positives * negatives), scores.new_ones(())
+
+
+def electra_terms(generator_logits: torch.Tensor, discriminate: Callable[[torch.Tensor], torch.Tensor],
+                  batch: dict, *, banned: torch.Tensor, pad_id: int) -> dict:
+    """The recipe past the two networks, for any pair of them (the bench wires HF's through it too):
+    generator MLM loss at the targets, a sample from its softmax at each target (no gradient), the
+    discriminator (`discriminate`: corrupted tokens [B, T] -> one logit per token) on the tokens with those
+    samples in place, and its binary cross-entropy over every non-padding position against "the sample
+    differs from the original" (a sample equal to the original counts as original)."""
+    tokens, target_index = batch["tokens"], batch["target_index"]
+    mlm = token_cross_entropy(generator_logits, batch["targets"])
+    with torch.no_grad():
+        sampled = sample_tokens(generator_logits, batch["sampling_uniform"], banned)
+        corrupted = tokens.reshape(-1).index_copy(0, target_index, sampled).view_as(tokens)
+        replaced = corrupted != tokens
+    # LM blocks are packed, so nothing is padding to attention; pad ids (if any) are left out of the loss.
+    logits = discriminate(corrupted).float()
+    real = tokens != pad_id
+    loss_sum = F.binary_cross_entropy_with_logits(logits, replaced.float(), weight=real.float(), reduction="sum")
+    predicted = (logits > 0) & real
+    return {
+        "losses": {"generator": mlm["losses"]["lm"], "discriminator": (loss_sum, real.sum())},
+        "metrics": {
+            "generator_accuracy": mlm["metrics"]["accuracy"],
+            "discriminator_accuracy": ratio((predicted == replaced) & real, real),
+            # The accuracy of always answering "original": the bar discriminator_accuracy must clear.
+            "original_rate": ratio(~replaced & real, real),
+            "replaced_recall": ratio(predicted & replaced, replaced),
+            "replaced_auc": roc_auc(logits[real], replaced[real]),
+            "replaced_of_targets": (replaced.sum(), target_index.numel()),
+        },
+        "tokens": tokens.numel(),
+    }
 
 
 class Electra(nn.Module):
@@ -197,34 +236,14 @@ class Electra(nn.Module):
         self.register_buffer("banned", banned, persistent=False)
 
     def forward(self, batch: dict) -> dict:
-        tokens, target_index = batch["tokens"], batch["target_index"]
         hidden = self.generator(batch["inputs"])
-        target_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
-        generator_logits = self.generator.logits(target_hidden)
-        mlm = token_cross_entropy(generator_logits, batch["targets"])
-        with torch.no_grad():
-            sampled = sample_tokens(generator_logits, batch["sampling_uniform"], self.banned)
-            corrupted = tokens.reshape(-1).index_copy(0, target_index, sampled).view_as(tokens)
-            replaced = corrupted != tokens
-        # LM blocks are packed, so nothing is padding to attention; pad ids (if any) are left out of the loss.
-        logits = self.discriminator_head(self.discriminator(corrupted)).float()
-        real = tokens != self.pad_id
-        loss_sum = F.binary_cross_entropy_with_logits(logits, replaced.float(), weight=real.float(),
-                                                      reduction="sum")
-        predicted = (logits > 0) & real
-        return {
-            "losses": {"generator": mlm["losses"]["lm"], "discriminator": (loss_sum, real.sum())},
-            "metrics": {
-                "generator_accuracy": mlm["metrics"]["accuracy"],
-                "discriminator_accuracy": ratio((predicted == replaced) & real, real),
-                # The accuracy of always answering "original": the bar discriminator_accuracy must clear.
-                "original_rate": ratio(~replaced & real, real),
-                "replaced_recall": ratio(predicted & replaced, replaced),
-                "replaced_auc": roc_auc(logits[real], replaced[real]),
-                "replaced_of_targets": (replaced.sum(), target_index.numel()),
-            },
-            "tokens": tokens.numel(),
-        }
+        target_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+        return electra_terms(self.generator.logits(target_hidden), self.discriminate, batch, banned=self.banned,
+                             pad_id=self.pad_id)
+
+    def discriminate(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] -> one replaced-token logit per position."""
+        return self.discriminator_head(self.discriminator(tokens))
 
     def flops_per_token(self, seq_len: int) -> float:
         """Matmul FLOPs per token of both models: the discriminator and its head at every position, the

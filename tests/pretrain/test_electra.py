@@ -6,8 +6,8 @@ import torch
 
 from pretrain.config import ConfigError
 from pretrain.model import TransformerConfig, TransformerLM
-from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, generator_config, roc_auc,
-                                         sample_tokens)
+from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, electra_terms, generator_config,
+                                         roc_auc, sample_tokens)
 from pretrain.objectives.masking import TokenMasker
 
 VOCAB, PAD, MASK = 60, 0, 4
@@ -108,6 +108,40 @@ def test_auc_ranks_replaced_tokens_above_originals():
     assert roc_auc(scores, torch.tensor([True, False, True, False, True]))[0] == 0.0
     auc, count = roc_auc(scores, torch.tensor([False, True, True, False, False]))  # 0.9, 0.4 vs 0.1, 0.8, 0.3
     assert count == 1 and auc.item() == pytest.approx(5 / 6)  # 0.4 loses only to 0.8
+
+
+def test_tied_scores_share_their_rank_so_a_constant_discriminator_reads_one_half():
+    positive = torch.tensor([True, False, False, True, False, False, False, True])
+    assert roc_auc(torch.full((8,), 1.7), positive)[0] == 0.5
+    one_tie = roc_auc(torch.tensor([0.2, 0.2, 0.1, 0.9]), torch.tensor([True, False, False, True]))[0]
+    assert one_tie == 0.875  # 3 of the 4 pairs ordered right, the tied one counts half
+
+
+def test_labels_mark_the_samples_that_differ_and_the_loss_covers_every_non_padding_position():
+    tokens = torch.tensor([[7, 8, 9, 10, 11, PAD], [12, 13, 14, 15, PAD, PAD]])
+    batch = {"tokens": tokens, "target_index": torch.tensor([1, 2, 7]), "targets": torch.tensor([8, 9, 13]),
+             "sampling_uniform": torch.tensor([0.5, 0.5, 0.5])}
+    # The generator is sure of 20 at position 1, of the original 9 at 2, of 30 at row 1's position 1.
+    generator_logits = torch.nn.functional.one_hot(torch.tensor([20, 9, 30]), VOCAB).float() * 100.0
+    seen = []
+    scores = torch.linspace(-2.0, 2.0, 12).view(2, 6)
+
+    def discriminate(corrupted: torch.Tensor) -> torch.Tensor:
+        seen.append(corrupted)
+        return scores
+    out = electra_terms(generator_logits, discriminate, batch, banned=torch.zeros(VOCAB, dtype=torch.bool),
+                        pad_id=PAD)
+    # The discriminator sees the samples in place (not [MASK]); a sample equal to the original is original.
+    assert seen[0].tolist() == [[7, 20, 9, 10, 11, PAD], [12, 30, 14, 15, PAD, PAD]]
+    replaced = torch.zeros(2, 6)
+    replaced[0, 1] = replaced[1, 1] = 1.0
+    real = tokens != PAD
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(scores[real], replaced[real], reduction="sum")
+    loss_sum, count = out["losses"]["discriminator"]
+    assert count == 9 and torch.isclose(loss_sum, expected)
+    assert out["metrics"]["replaced_of_targets"] == (2, 3)
+    assert out["metrics"]["original_rate"][0] == 7
+    assert out["metrics"]["replaced_auc"][0] == pytest.approx(6 / 14)  # ranks 2 and 7 of the 9 real positions
 
 
 def test_no_gradient_flows_through_the_sample():
