@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/hf_parity.py                          # 4 seeds x 1000 steps, the tiny_mlm shape
     .venv/bin/python bench/hf_parity.py --seeds 2 --steps 100 --eval-every 50   # a quick look
+    .venv/bin/python bench/hf_parity.py --jobs 4 --threads 1      # the seeds side by side
 
 Both models have the same shape (BERT's: post-LN, learned positions + token-type-0 bias, embedding LN, MLM
 head transform, tied output with bias), the same initial distribution (N(0, 0.02) weights, zero biases,
@@ -16,6 +17,7 @@ every position, to float rounding; it saves most of its vocabulary matmuls).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import time
@@ -47,7 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="per seed")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, each in its own process")
     parser.add_argument("--data-dir", type=Path, default=REPO / "runs/sample",
                         help="sample data (built there if missing, kept)")
     return parser.parse_args()
@@ -128,8 +131,8 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):7.3f} ± {spread:5.3f}"
 
 
-def main() -> None:
-    args = parse_args()
+def seed_curves(args: argparse.Namespace, seed: int) -> dict:
+    """run_seed on the sample data, loaded here: a worker process's whole job."""
     torch.set_num_threads(args.threads)
     paths = prepare_sample_data(args.data_dir)
     tokenizer = load_tokenizer(TokenizerSpec("wordpiece", str(paths["vocab"])))
@@ -139,8 +142,19 @@ def main() -> None:
                                mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids)
     valid = [masked(valid_masker, rows, torch.arange(i * args.batch, i * args.batch + len(rows)))
              for i, rows in enumerate(valid_blocks.split(args.batch))]
-    runs = [run_seed(args, seed, train, valid, tokenizer) for seed in range(args.seeds)]
-    print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {tokenizer.vocab_size}, "
+    return run_seed(args, seed, train, valid, tokenizer)
+
+
+def main() -> None:
+    args = parse_args()
+    paths = prepare_sample_data(args.data_dir)  # once, before any worker reads it
+    vocab_size = load_tokenizer(TokenizerSpec("wordpiece", str(paths["vocab"]))).vocab_size
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            runs = pool.starmap(seed_curves, [(args, seed) for seed in range(args.seeds)])
+    else:
+        runs = [seed_curves(args, seed) for seed in range(args.seeds)]
+    print(f"D {args.d_model}, L {args.layers}, H {args.heads}, F {args.d_ff}, V {vocab_size}, "
           f"T {args.seq}, B {args.batch}, lr {args.lr}, {args.seeds} seeds; held-out MLM loss, mean ± std")
     print(f"{'step':>6s}  {'ours':>15s}  {'HF BertForMaskedLM':>18s}  {'ours - HF':>15s}")
     for step in runs[0]["ours"]:
