@@ -95,34 +95,40 @@ def build_models(args: argparse.Namespace, vocab_size: int, pad_id: int, seed: i
 
 
 def run_seed(args: argparse.Namespace, seed: int, train: torch.Tensor, valid: list[dict], tokenizer) -> dict:
-    """{model name: {step: held-out loss}} for one seed."""
+    """{model name: {step: held-out loss}} for one seed. The models take their steps in turn, so a run stopped
+    early has logged both curves to the same step."""
     masker = TokenMasker(MaskingConfig(), seed=seed, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                          special_ids=tokenizer.special_ids)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     optim_cfg = OptimConfig(lr=args.lr, warmup_steps=args.warmup_steps, schedule="linear", min_lr_ratio=0.0)
-    curves: dict[str, dict[int, float]] = {}
-    for name, model in build_models(args, tokenizer.vocab_size, tokenizer.pad_id, seed).items():
-        optimizer = build_optimizer(model, optim_cfg, torch.device("cpu"))
-        scheduler = build_scheduler(optimizer, optim_cfg, args.steps)
-        torch.manual_seed(seed)  # the same dropout stream for both
-        curve = curves.setdefault(name, {})
-        start = time.perf_counter()
-        for step in range(args.steps + 1):
-            if step % args.eval_every == 0 or step == args.steps:
+    models = build_models(args, tokenizer.vocab_size, tokenizer.pad_id, seed)
+    optimizers = {name: build_optimizer(model, optim_cfg, torch.device("cpu")) for name, model in models.items()}
+    schedulers = {name: build_scheduler(optimizer, optim_cfg, args.steps) for name, optimizer in optimizers.items()}
+    torch.manual_seed(seed)
+    dropout_rng = dict.fromkeys(models, torch.get_rng_state())  # the same dropout stream for both
+    curves: dict[str, dict[int, float]] = {name: {} for name in models}
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.eval_every == 0 or step == args.steps:
+            for name, model in models.items():
                 model.eval()
                 with torch.no_grad():
-                    curve[step] = statistics.fmean(target_loss(model, batch).item() for batch in valid)
+                    curves[name][step] = statistics.fmean(target_loss(model, batch).item() for batch in valid)
                 model.train()
-                print(f"seed {seed} {name} step {step}: {curve[step]:.3f} ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
-            if step == args.steps:
-                break
-            ids = order[(step * args.batch + torch.arange(args.batch)) % len(train)]
-            target_loss(model, masked(masker, train[ids], ids)).backward()
+                print(f"seed {seed} {name} step {step}: {curves[name][step]:.3f} "
+                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        if step == args.steps:
+            break
+        ids = order[(step * args.batch + torch.arange(args.batch)) % len(train)]
+        batch = masked(masker, train[ids], ids)
+        for name, model in models.items():
+            torch.set_rng_state(dropout_rng[name])
+            target_loss(model, batch).backward()
+            dropout_rng[name] = torch.get_rng_state()
             nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizers[name].step()
+            schedulers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
     return curves
 
 
