@@ -21,6 +21,9 @@ from pretrain.adapters import TransformerLM, adapter_of, first_non_finite, load_
 # Settings that may differ between an export and the model initialised from it: they change training,
 # not the function the weights compute.
 TRAINING_ONLY_SETTINGS = frozenset({"dropout"})
+# Settings of the language-model head only: a model without that head (a dual encoder's Transformer) starts
+# from the encoder of an export that has one (a BERT-style MLM), whose head is then left out.
+LM_HEAD_SETTINGS = frozenset({"head_transform", "output_bias"})
 
 
 def export_file(path: str | Path) -> Path:
@@ -73,10 +76,13 @@ def init_from(model: nn.Module, path: str | Path, expected_fingerprint: str | No
 
     The export may hold a TransformerLM or a DualEncoder / Seq2Seq..., whose encoder is then used. It must
     be the same Transformer: every setting but dropout equal (so that, say, a pre-LN export does not
-    silently initialise a post-LN model) and, when `expected_fingerprint` is given (the trainer's
+    silently initialise a post-LN model; the LM-head settings may differ when `model` has no LM head, and
+    the export's head is then left out) and, when `expected_fingerprint` is given (the trainer's
     tokenizer), the same vocab. Any mismatch is one UserError naming the setting or key.
     """
     model = adapter_of(model).encoder(model)
+    headless = not (model.cfg.head_transform or model.cfg.output_bias)
+    ignored = TRAINING_ONLY_SETTINGS | LM_HEAD_SETTINGS if headless else TRAINING_ONLY_SETTINGS
     exported, manifest, _, path = read_model(path)
     bad = first_non_finite(exported.state_dict())
     if bad is not None:
@@ -85,11 +91,14 @@ def init_from(model: nn.Module, path: str | Path, expected_fingerprint: str | No
     encoder = manifest.adapter.encoder(exported)
     ours, theirs = dataclasses.asdict(model.cfg), dataclasses.asdict(encoder.cfg)
     for name in ours:
-        if name not in TRAINING_ONLY_SETTINGS and ours[name] != theirs[name]:
+        if name not in ignored and ours[name] != theirs[name]:
             raise UserError(f"init_from {path}: model.{name} is {ours[name]!r} here but {theirs[name]!r} in the "
                             f"export: set model.{name}={theirs[name]!r} to start from it")
     if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
         raise UserError(f"init_from {path}: the export was trained with tokenizer {manifest.tokenizer_fingerprint}, "
                         f"this run's tokenizer is {expected_fingerprint}: use the export's vocab files "
                         f"(written beside it)")
-    model.load_state_dict(encoder.state_dict())
+    if headless:
+        model.encoder.load_state_dict(encoder.encoder.state_dict())
+    else:
+        model.load_state_dict(encoder.state_dict())

@@ -110,6 +110,21 @@ def test_init_from_copies_the_exported_weights(vocab_spec, tmp_path):
     assert torch.equal(logits(fresh, token_batch()), logits(model, token_batch()))
 
 
+def test_init_from_a_bert_style_mlm_export_starts_a_headless_model_from_its_encoder(vocab_spec, tmp_path):
+    mlm = random_model(head_transform=True, output_bias=True)
+    path = export_model(mlm, vocab_spec, tmp_path, ["torch"])["torch"]
+    headless = TransformerLM(dataclasses.replace(mlm.cfg, head_transform=False, output_bias=False)).eval()
+    init_from(headless, path)
+    with torch.no_grad():
+        assert torch.equal(headless(token_batch()), mlm(token_batch()))
+
+
+def test_init_from_an_export_without_the_lm_head_the_model_has_names_the_setting(vocab_spec, tmp_path):
+    path = export_model(random_model(), vocab_spec, tmp_path, ["torch"])["torch"]
+    with pytest.raises(UserError, match=r"model\.head_transform is True here but False in the export"):
+        init_from(TransformerLM(tiny_config(head_transform=True)), path)
+
+
 def test_init_from_an_export_of_another_architecture_names_the_setting(vocab_spec, tmp_path):
     path = export_model(random_model(embeddings="sinusoidal"), vocab_spec, tmp_path, ["torch"])["torch"]
     with pytest.raises(UserError, match=r"model\.embeddings is 'none' here but 'sinusoidal' in the export"):

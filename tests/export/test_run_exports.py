@@ -189,6 +189,21 @@ def test_the_default_mlm_recipe_exports_to_hf_and_transformers_gives_our_logits_
                                    rtol=1e-4, atol=1e-4)
 
 
+def retrieval_example():
+    spec = importlib.util.spec_from_file_location("evaluate_retrieval", REPO / "examples/evaluate_retrieval.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_retrieval_ranks_count_better_responses_and_break_ties_as_argmax_does():
+    contexts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    responses = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # scores: [1 1 0], [0 0 1], [1 1 1]
+    found = retrieval_example().ranks(contexts, responses, 3)
+    assert found.tolist() == [1, 3, 3]
+    assert (found == 1).sum() == recall_at_1(contexts, responses, 3)[0]
+
+
 @pytest.mark.slow
 def test_retrieval_example_scores_a_dual_encoder_export_as_the_checkpoint_does(trained, sample_data):
     run_dir = trained("dual_encoder")
@@ -196,9 +211,7 @@ def test_retrieval_example_scores_a_dual_encoder_export_as_the_checkpoint_does(t
     result = subprocess.run([sys.executable, str(REPO / "examples/evaluate_retrieval.py"), "--pretrained",
                              str(run_dir / "export/model.npz"), "--pairs", str(pairs), "--candidates", "8",
                              "--max-len", "24"], capture_output=True, text=True, check=True)
-    spec = importlib.util.spec_from_file_location("evaluate_retrieval", REPO / "examples/evaluate_retrieval.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = retrieval_example()
     reference = checkpoint_model("dual_encoder", run_dir)
     tokenizer = load_tokenizer(load_pretrained(run_dir / "export/model.pt")[1])
     lines = [line.split("\t", 1) for line in pairs.read_text(encoding="utf-8").splitlines()]
@@ -206,4 +219,6 @@ def test_retrieval_example_scores_a_dual_encoder_export_as_the_checkpoint_does(t
         contexts = reference.encode_context(example.padded(tokenizer, [c for c, _ in lines], 24))
         responses = reference.encode_response(example.padded(tokenizer, [r for _, r in lines], 24))
     hits, rows = recall_at_1(contexts, responses, 8)
-    assert result.stdout == f"recall@1 among 8: {hits.item() / rows:.4f}\n"
+    reciprocal_ranks = example.ranks(contexts, responses, 8).double().reciprocal()
+    assert result.stdout == (f"recall@1 among 8: {hits.item() / rows:.4f}\n"
+                             f"MRR among 8: {reciprocal_ranks.mean().item():.4f}\n")
