@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/finetune_gain.py                        # tiny presets, 3 seeds
     .venv/bin/python bench/finetune_gain.py --seeds 5 --threads 1 --work-dir runs/finetune_gain
+    .venv/bin/python bench/finetune_gain.py --mlm-config configs/small_mlm.yaml --work-dir runs/finetune_gain_small
 
 Everything a user would run, in order:
 1. `python -m pretrain.tlm --config <mlm preset>`, then `python -m export` of its last checkpoint;
@@ -23,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,13 +106,14 @@ def main() -> None:
     print_table(f"accuracy, {args.train_per_class} labels per class", accuracy[True], accuracy[False])
     retrieval: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     max_len = classify.load_encoder(mlm)[0].cfg.max_len  # init_from needs the MLM's position table
+    vocab_size = yaml.safe_load(args.mlm_config.read_text())["data"]["sample"]["vocab_size"]  # and its tokenizer
     for seed in range(args.seeds):
         for pretrained in (True, False):
             overrides = [f"train.init_from={mlm}"] if pretrained else []
             overrides += [f"train.max_steps={args.dual_steps}"] if args.dual_steps else []
             run_dir = args.work_dir / f"dual-{'pretrained' if pretrained else 'scratch'}-{seed}{dual_steps}"
             export = train_and_export(args, "paired", args.dual_config, run_dir, f"train.seed={seed}",
-                                      f"model.max_len={max_len}", *overrides)
+                                      f"model.max_len={max_len}", f"data.sample.vocab_size={vocab_size}", *overrides)
             retrieval[pretrained].append(retrieve.evaluate(export, pairs, args.candidates))
             log(seed, pretrained, str(retrieval[pretrained][-1]))
     for metric in retrieval[True][0]:

@@ -8,6 +8,7 @@ from a random initialisation with the same head, data, seed and schedule.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetune_classify.
 VOCAB_SIZE = 2000
 PRETRAIN_STEPS = 800
 FEW_LABELS = dict(train_per_class=20, epochs=10, lr=1e-3, log=False)
+SEEDS = (0, 1, 2)  # one fine-tuning seed's gain varies by ~0.02 (bench/RESULTS.md): compare means
 
 
 def load_example() -> ModuleType:
@@ -63,8 +65,11 @@ def pretrained_accuracy(example, export_dir) -> float:
 
 @pytest.mark.slow
 def test_fine_tuning_the_pretrained_export_beats_a_random_initialisation(example, export_dir, pretrained_accuracy):
-    scratch = example.finetune(export_dir / "model.pt", random_init=True, **FEW_LABELS)
-    assert pretrained_accuracy > scratch + 0.03, (pretrained_accuracy, scratch)
+    pretrained = [pretrained_accuracy] + [example.finetune(export_dir / "model.pt", seed=seed, **FEW_LABELS)
+                                          for seed in SEEDS[1:]]
+    scratch = [example.finetune(export_dir / "model.pt", random_init=True, seed=seed, **FEW_LABELS)
+               for seed in SEEDS]
+    assert statistics.fmean(pretrained) > statistics.fmean(scratch) + 0.02, (pretrained, scratch)
 
 
 @pytest.mark.slow
