@@ -20,7 +20,10 @@ from tests.k8s.operator_harness import LocalJob, run_batch_job
 from tests.pretrain.processes import process_env
 
 SHORT = ("data.batch_size=8", "train.checkpoint_every=4", "train.eval_every=0", "train.log_every=4",
-         "train.num_workers=1", "train.tensorboard=false", "train.max_steps=8")
+         "train.num_workers=1", "train.tensorboard=false")
+# Steps of the first run: a tiny step takes ~0.1 s, so with 8 the pod's SIGTERM could land on the last
+# step, where the run ends anyway (a different case from the one this walk replays).
+FIRST_STEPS = 40
 
 
 def readme_submit_commands(heading: str = "## 4. Kubernetes") -> list[list[str]]:
@@ -64,13 +67,16 @@ def test_readme_walk_from_data_job_to_export(data_volume: Path, tmp_path: Path) 
     run_dir = claims["pretrain-checkpoints"] / "tiny-mlm"
 
     # 3. Train, and lose a pod on the way (`kubectl delete pod`): it comes back and the job finishes.
-    job = run_job(submit_cli("render", *first, *SHORT), claims, tmp_path / "first", "tiny-mlm-worker-0")
-    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 8, job.logs()
+    # The pod goes after the first checkpoint (step 4), well before the last step (see FIRST_STEPS).
+    job = run_job(submit_cli("render", *first, *SHORT, f"train.max_steps={FIRST_STEPS}"), claims,
+                  tmp_path / "first", "tiny-mlm-worker-0")
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == FIRST_STEPS, job.logs()
 
     # 4. Train longer: the same name again resumes from the newest checkpoint.
-    job = run_job(submit_cli("render", *again, *SHORT, "train.max_steps=12"), claims, tmp_path / "again")
-    assert "resumed from" in job.logs() and "at step 8" in job.logs()
-    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == 12
+    job = run_job(submit_cli("render", *again, *SHORT, f"train.max_steps={FIRST_STEPS + 4}"), claims,
+                  tmp_path / "again")
+    assert "resumed from" in job.logs() and f"at step {FIRST_STEPS}" in job.logs()
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == FIRST_STEPS + 4
 
     # 5. Export.
     [export] = submit_cli("export", "tiny-mlm", "--render")
