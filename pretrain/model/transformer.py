@@ -40,34 +40,24 @@ def make_feed_forward(cfg: TransformerConfig) -> FeedForward:
 
 
 def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module,
-             dropout: nn.Dropout, placement: str) -> torch.Tensor:
+             dropout: nn.Dropout, placement: str,
+             skip: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
     """One residual sublayer, by `placement` (model.norm): "pre" x + drop(f(LN(x))) (GPT-2), "post"
     LN(x + drop(f(x))) (BERT), or "mead-pre" LN(x) + drop(f(LN(x))): mead-layers' pre-LN block, whose
-    residual stream is the normalised input."""
+    residual stream is the normalised input. `skip` selects the residual stream's rows that f's outputs
+    correspond to (all of them, unless f computes only some positions)."""
     if placement == "pre":
-        return x + dropout(sublayer(norm(x)))
+        return skip(x) + dropout(sublayer(norm(x)))
     if placement == "mead-pre":
         x = norm(x)
-        return x + dropout(sublayer(x))
-    return norm(x + dropout(sublayer(x)))
+        return skip(x) + dropout(sublayer(x))
+    return norm(skip(x) + dropout(sublayer(x)))
 
 
 def gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x [B or 1, T, ...] at positions [B, Q] -> [B, Q, ...]."""
     x = x.expand(positions.shape[0], *x.shape[1:])
     return x.gather(1, positions.view(*positions.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
-
-
-def residual_at(x: torch.Tensor, positions: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor],
-                norm: nn.Module, dropout: nn.Dropout, placement: str) -> torch.Tensor:
-    """`residual` computed at positions [B, Q] of x only: sublayer maps the whole (normalised) sequence
-    [B, T, D] to the outputs [B, Q, D] at those positions (attention whose keys are the whole sequence)."""
-    if placement == "pre":
-        return gather_rows(x, positions) + dropout(sublayer(norm(x)))
-    if placement == "mead-pre":
-        x = norm(x)
-        return gather_rows(x, positions) + dropout(sublayer(x))
-    return norm(gather_rows(x, positions) + dropout(sublayer(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -111,7 +101,8 @@ class TransformerBlock(nn.Module):
             return self.attn(gather_rows(h, positions), padding_mask, memory=h, mask=query_mask, rope=rope,
                              query_rope=query_rope)
 
-        x = residual_at(x, positions, attend, self.attn_norm, self.dropout, self.norm_placement)
+        x = residual(x, attend, self.attn_norm, self.dropout, self.norm_placement,
+                     skip=lambda h: gather_rows(h, positions))
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.norm_placement)
 
 
