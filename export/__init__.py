@@ -6,7 +6,18 @@ exports, and how its weights map onto each format, is its adapter's (pretrain/ad
     load_encoder(path) -> (TransformerLM, tokenizer_spec)    its (encoder) language model, to fine-tune
     init_from(model, path)                                   start training from one
 """
-from export.exporter import check_formats, export_model
-from export.loading import init_from, load_encoder, load_pretrained
+from __future__ import annotations
 
-__all__ = ["check_formats", "export_model", "init_from", "load_encoder", "load_pretrained"]
+import importlib
+from typing import Any
+
+_HOMES = {"check_formats": "export.exporter", "export_model": "export.exporter", "init_from": "export.loading",
+          "load_encoder": "export.loading", "load_pretrained": "export.loading"}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use: `export.formats` alone (what `submit` reads) must not cost a torch import."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

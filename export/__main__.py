@@ -13,7 +13,8 @@ import torch
 
 from data_pipeline.errors import UserError, run_cli
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
-from export.exporter import FORMATS, export_model
+from export.exporter import export_model
+from export.formats import FORMATS
 from export.loading import read_model, resolve_tokenizer
 from pretrain.adapters import adapter_of, is_training_checkpoint, model_of_run, run_tokenizer
 

@@ -18,6 +18,7 @@ from torch import nn
 from data_pipeline.atomic_files import atomic_directory
 from data_pipeline.errors import UserError, describe_os_error
 from data_pipeline.tokenizer import TokenizerSpec, load_tokenizer
+from export.formats import FORMATS, OUTPUT_NAMES
 from export.hf import write_hf
 from export.manifest import describe, write_tokenizer_files
 from export.npz import write_npz
@@ -26,9 +27,6 @@ from export.torch_format import write_torch
 from pretrain.adapters import adapter_of, first_non_finite
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("npz", "torch", "hf", "sentence-transformers")
-OUTPUT_NAMES = {"npz": "model.npz", "torch": "model.pt", "hf": "hf", "sentence-transformers": "sentence-transformers"}
 
 
 def check_formats(model: nn.Module, formats: Sequence[str]) -> None:

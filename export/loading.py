@@ -12,7 +12,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizer import TokenizerSpec
-from export.exporter import OUTPUT_NAMES
+from export.formats import OUTPUT_NAMES
 from export.manifest import Manifest, resolve_tokenizer
 from export.npz import read_npz
 from export.torch_format import read_torch

@@ -18,7 +18,7 @@ from data_pipeline.errors import UserError, run_cli
 from data_pipeline.object_store import is_uri
 from pretrain.config import load_config
 from pretrain.k8s import status
-from export.exporter import FORMATS
+from export.formats import FORMATS
 from pretrain.k8s.cluster import PYTORCHJOBS, TRAINJOBS, Cluster, JobResource, NotFound, Rejected
 from pretrain.k8s.export_job import DEFAULT_FORMATS, copy_commands, export_job
 from pretrain.k8s.kueue import queued

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from data_pipeline.errors import UserError
-from export.exporter import FORMATS
+from export.formats import FORMATS
 from pretrain.k8s.manifest import (CHECKPOINTS_DIR, DATA_DIR, HOME_ON_TMP, container_security,
                                    pod_security, run_dir)
 
