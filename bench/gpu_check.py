@@ -52,7 +52,8 @@ TINY = dict(d_model=64, layers=2, heads=2, d_ff=128, vocab=1000, seq=64, batch=4
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes and 2 timed steps: checks the script")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny shapes, 2 timed steps and a 2,000-token vocab: checks the script")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per workload")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per workload (compilation)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -177,8 +178,8 @@ def resume_check(args: argparse.Namespace, device: torch.device, run_dir: Path) 
                     "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.eval_every=0",
                     "train.tensorboard=false", "train.export_formats=[]", "train.log_every=2"]
     if args.tiny:
-        trainer_args += ["data.nctx=32", "model.max_len=32", "model.d_model=32", "model.d_ff=64",
-                         "model.num_heads=2", "data.batch_size=4", "train.num_workers=0"]
+        trainer_args += ["data.sample.vocab_size=2000", "data.nctx=32", "model.max_len=32", "model.d_model=32",
+                         "model.d_ff=64", "model.num_heads=2", "data.batch_size=4", "train.num_workers=0"]
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         run_recipe(TLM_RECIPE, trainer_args)

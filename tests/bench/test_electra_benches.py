@@ -10,14 +10,12 @@ import sys
 import pytest
 
 from tests.pretrain.processes import REPO, process_env
-from tests.pretrain.sample_data import build_sample_data
 
 
 @pytest.fixture(scope="module")
-def tiny_overrides(tmp_path_factory) -> list[str]:
-    data = build_sample_data(tmp_path_factory.mktemp("sample"))
-    return ["data.sample.dir=''", f"data.train=[{data['train']}]", f"data.valid=[{data['valid']}]",
-            f"data.tokenizer.vocab={data['vocab']}", "data.nctx=32", "data.batch_size=4", "model.d_model=64",
+def tiny_overrides(sample_data) -> list[str]:
+    return ["data.sample.dir=''", f"data.train=[{sample_data['train']}]", f"data.valid=[{sample_data['valid']}]",
+            f"data.tokenizer.vocab={sample_data['vocab']}", "data.nctx=32", "data.batch_size=4", "model.d_model=64",
             "model.d_ff=128", "model.max_len=32", "train.eval_batches=2", "optim.warmup_steps=1"]
 
 

@@ -10,9 +10,9 @@ from tests.pretrain.processes import REPO, process_env
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_on_cpu_and_its_checks_pass(tmp_path):
+def test_gpu_check_runs_on_cpu_and_its_checks_pass(small_sample):
     proc = subprocess.run([sys.executable, str(REPO / "bench/gpu_check.py"), "--device", "cpu", "--tiny",
-                           "--data-dir", str(tmp_path / "sample")], env=process_env(), capture_output=True,
+                           "--data-dir", str(small_sample.dir)], env=process_env(), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     table = proc.stdout.splitlines()

@@ -15,13 +15,12 @@ from types import ModuleType
 
 import pytest
 
-from data_pipeline.sample_corpus import prepare_sample_data
 from export.__main__ import main as export_main
 from pretrain.run import run_recipe
 from pretrain.tlm import RECIPE
+from tests.conftest import SMALL_VOCAB, SampleData
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetune_classify.py"
-VOCAB_SIZE = 2000
 PRETRAIN_STEPS = 800
 FEW_LABELS = dict(train_per_class=20, epochs=10, lr=1e-3, log=False)
 SEEDS = (0, 1, 2)  # one fine-tuning seed's gain varies by ~0.02 (bench/RESULTS.md): compare means
@@ -37,12 +36,11 @@ def load_example() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
+def export_dir(small_sample: SampleData, tmp_path_factory) -> Path:
     """A tiny post-LN MLM (d_model 64, 2 layers) pretrained for a few hundred steps, exported as npz and torch."""
     root = tmp_path_factory.mktemp("pretrained")
-    prepare_sample_data(root / "sample", vocab_size=VOCAB_SIZE, processes=1)
     run_recipe(RECIPE, [
-        f"data.sample.dir={root / 'sample'}", f"data.sample.vocab_size={VOCAB_SIZE}", "data.nctx=64",
+        f"data.sample.dir={small_sample.dir}", f"data.sample.vocab_size={SMALL_VOCAB}", "data.nctx=64",
         "data.batch_size=32", "model.d_model=64", "model.num_heads=2", "model.layers=2", "model.d_ff=128",
         "model.max_len=64", "optim.lr=2e-3", "optim.warmup_steps=30", "optim.schedule=linear",
         "optim.min_lr_ratio=0.0", f"train.max_steps={PRETRAIN_STEPS}", "train.device=cpu", "train.num_workers=0",

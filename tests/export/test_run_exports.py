@@ -24,7 +24,6 @@ from pretrain.config import load_config
 from pretrain.model import TransformerLM
 from pretrain.objectives.dual_encoder import DualEncoder, recall_at_1
 from pretrain.run import Recipe, run_recipe
-from tests.pretrain.sample_data import build_sample_data
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -51,11 +50,6 @@ RUNS = {
     "seq2seq": Run(paired.RECIPE, "tiny_seq2seq.yaml", True),
     "electra": Run(discrim.RECIPE, "tiny_electra.yaml", False, ("objective.generator_fraction=0.5",)),
 }
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory) -> dict[str, Path]:
-    return build_sample_data(tmp_path_factory.mktemp("sample"))
 
 
 @pytest.fixture(scope="module")

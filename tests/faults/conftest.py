@@ -1,16 +1,7 @@
-"""The sample data the fault tests train on, built once per session."""
+"""How the fault tests start a tiny MLM on the session's sample data (tests/conftest.py)."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
-from tests.pretrain.sample_data import build_sample_data
-
-
-@pytest.fixture(scope="session")
-def sample_data(tmp_path_factory) -> dict[str, Path]:
-    return build_sample_data(tmp_path_factory.mktemp("sample"))
 
 
 def tlm_args(sample_data: dict[str, Path], run_dir: Path, *overrides: str) -> list[str]:

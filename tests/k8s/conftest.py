@@ -1,11 +1,13 @@
 """Volumes shared by the tests that run jobs through the operator harness."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from data_pipeline.sample_corpus import prepare_sample_data
+from data_pipeline.sample_corpus import prepare_sample_data, sample_data_paths
+from tests.conftest import SMALL_VOCAB, SampleData
 from tests.k8s.kustomize import build
 from tests.k8s.operator_harness import run_batch_job
 
@@ -35,10 +37,13 @@ def data_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bpe_data_volume(data_volume: Path) -> Path:
-    """A data volume as the GPT-2 overlay expects it: BPE shards, fastBPE vocab and codes."""
+def bpe_data_volume(data_volume: Path, small_sample: SampleData) -> Path:
+    """A data volume as the GPT-2 overlay expects it: BPE shards, fastBPE vocab and codes (the session's
+    small sample, BPE-encoded once for every test that asks for it, copied onto the volume)."""
+    built = prepare_sample_data(small_sample.dir, kind="bpe", vocab_size=SMALL_VOCAB)["train"].parent
     data = data_volume.parent / "bpe-data"
-    paths = prepare_sample_data(data / "runs" / "sample", kind="bpe", vocab_size=2000)
+    shutil.copytree(built, data / "runs" / "sample" / built.name, symlinks=True)
+    paths = sample_data_paths(data / "runs" / "sample", "bpe", SMALL_VOCAB)
     (data / "shards").symlink_to(paths["train"].parent.relative_to(data))
     (data / "bpe.vocab").symlink_to(paths["vocab"].relative_to(data))
     (data / "bpe.codes").symlink_to(paths["codes"].relative_to(data))

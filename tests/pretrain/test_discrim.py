@@ -18,12 +18,6 @@ from tests.pretrain.processes import (
     one_thread,
     run_two_pods,
 )
-from tests.pretrain.sample_data import build_sample_data
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory) -> dict[str, Path]:
-    return build_sample_data(tmp_path_factory.mktemp("sample"))
 
 
 def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str) -> list[str]:

@@ -25,15 +25,9 @@ from tests.pretrain.processes import (
     one_thread,
     run_two_pods,
 )
-from tests.pretrain.sample_data import build_sample_data
 
 SEP, PAD = 3, 0
 PRESETS = {"bert": "configs/tiny_dual_encoder.yaml", "modern": "configs/tiny_modern_dual_encoder.yaml"}
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory) -> dict[str, Path]:
-    return build_sample_data(tmp_path_factory.mktemp("sample"))
 
 
 def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str, paired: bool = True,

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,17 @@ import torch
 import transformers
 import yaml
 
-from data_pipeline.sample_corpus import prepare_sample_data
 from data_pipeline.tokenizer import load_tokenizer
 from export import load_pretrained
 from pretrain.checkpoint import checkpoint_path, list_checkpoints
 from pretrain.run import run_recipe
 from pretrain.tlm import RECIPE
 from pretrain.trainer import TrainResult
+from tests.conftest import SMALL_VOCAB
 from tests.pretrain.processes import (REPO, assert_same_params, final_params, finish, free_port,
                                       kill_after_first_checkpoint, one_thread, pod_env, process_env, run_two_pods,
                                       start)
 
-SAMPLE_VOCAB = 2000
 CONFIGS = {"mlm": "configs/tiny_mlm.yaml", "clm": "configs/tiny_clm.yaml",
            "modernbert": "configs/tiny_modernbert_mlm.yaml", "llama": "configs/tiny_llama_clm.yaml"}
 # The modern MLM keeps three layers so that a sliding-window layer (8 tokens) sits between global ones.
@@ -46,23 +44,10 @@ TINY = ("model.d_model=32", "model.num_heads=2", "model.layers=1", "model.d_ff=6
 pytestmark = pytest.mark.slow
 
 
-@dataclass(frozen=True)
-class SampleData:
-    dir: Path
-    paths: dict[str, Path]  # as prepare_sample_data returns them
-
-
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory) -> SampleData:
-    """The built-in sample data with a small WordPiece vocab; runs given `data.sample.dir` find it built."""
-    directory = tmp_path_factory.mktemp("tlm_sample")
-    return SampleData(directory, prepare_sample_data(directory, vocab_size=SAMPLE_VOCAB))
-
-
 def tlm_args(objective: str, sample_dir: Path, run_dir: Path, *overrides: str) -> list[str]:
     """Arguments of a tiny run of the shipped config for `objective`; later overrides win."""
     return ["--config", str(REPO / CONFIGS[objective]), f"data.sample.dir={sample_dir}",
-            f"data.sample.vocab_size={SAMPLE_VOCAB}", f"train.run_dir={run_dir}", *TINY,
+            f"data.sample.vocab_size={SMALL_VOCAB}", f"train.run_dir={run_dir}", *TINY,
             *SHAPE.get(objective, ()), *overrides]
 
 
@@ -110,10 +95,10 @@ def cli_error(args: list[str]) -> str:
 # -- learning --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
-def trained(request, sample, tmp_path_factory) -> tuple[TrainResult, Path]:
+def trained(request, small_sample, tmp_path_factory) -> tuple[TrainResult, Path]:
     """150 steps of each objective, validated at the end: (result, run_dir)."""
     run_dir = tmp_path_factory.mktemp(f"trained_{request.param}")
-    return train_in_process(tlm_args(request.param, sample.dir, run_dir, "train.max_steps=150")), run_dir
+    return train_in_process(tlm_args(request.param, small_sample.dir, run_dir, "train.max_steps=150")), run_dir
 
 
 def test_validation_loss_falls_well_below_uniform_predictions(trained):
@@ -131,9 +116,10 @@ def test_validation_accuracy_is_far_below_what_a_label_leak_gives(trained):
     assert result.valid["accuracy"] < 0.2
 
 
-def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_optimizer_state(sample, tmp_path):
-    runs = {precision: train_in_process(tlm_args("mlm", sample.dir, tmp_path / precision, "train.max_steps=60",
-                                                 f"train.precision={precision}", "train.checkpoint_every=60"))
+def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_optimizer_state(small_sample, tmp_path):
+    runs = {precision: train_in_process(tlm_args("mlm", small_sample.dir, tmp_path / precision,
+                                                 "train.max_steps=60", f"train.precision={precision}",
+                                                 "train.checkpoint_every=60"))
             for precision in ("bf16", "fp32")}
     bf16 = runs["bf16"]
     assert bf16.completed
@@ -162,44 +148,46 @@ def test_modern_presets_export_hf_models_that_give_the_trained_logits(trained, a
 
 # -- tokenizers and input formats -------------------------------------------------------------------------
 
-def test_bpe_tokenizer_trains_on_the_sample_corpus(sample, tmp_path):
-    result = train_in_process(tlm_args("mlm", sample.dir, tmp_path, "data.tokenizer.kind=bpe",
+def test_bpe_tokenizer_trains_on_the_sample_corpus(small_sample, tmp_path):
+    result = train_in_process(tlm_args("mlm", small_sample.dir, tmp_path, "data.tokenizer.kind=bpe",
                                        "train.max_steps=3"))
     assert result.completed and math.isfinite(result.valid["lm"])
     assert Path(resolved_config(tmp_path)["data"]["tokenizer"]["codes"]).is_file()
 
 
-def test_raw_text_mode_trains_on_the_sample_text_files(sample, tmp_path):
-    paths = sample.paths
+def test_raw_text_mode_trains_on_the_sample_text_files(small_sample, tmp_path):
+    paths = small_sample.paths
     text = ["data.format=text", "data.sample.dir=''", f"data.train=[{paths['train_text']}]",
             f"data.valid=[{paths['valid_text']}]", f"data.tokenizer.vocab={paths['vocab']}"]
-    result = train_in_process(tlm_args("mlm", sample.dir, tmp_path, *text, "train.max_steps=3"))
+    result = train_in_process(tlm_args("mlm", small_sample.dir, tmp_path, *text, "train.max_steps=3"))
     assert result.completed and math.isfinite(result.valid["lm"])
 
 
 # -- processes ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset", ["mlm", "modernbert"])
-def test_two_ranks_train_the_parameters_of_one_rank_with_the_same_global_batch(sample, tmp_path, preset):
+def test_two_ranks_train_the_parameters_of_one_rank_with_the_same_global_batch(small_sample, tmp_path, preset):
     # Masking is seeded per sample and the loss is normalised by the global target count, so 2 ranks x 4
     # and 1 rank x 8 differ only in the order of float sums.
     same = ("train.max_steps=4", "model.dropout=0.0")
-    one = start(tlm_command(tlm_args(preset, sample.dir, tmp_path / "one", *same, "data.batch_size=8")))
+    one = start(tlm_command(tlm_args(preset, small_sample.dir, tmp_path / "one", *same, "data.batch_size=8")))
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]
-    two = start([*torchrun, *tlm_command(tlm_args(preset, sample.dir, tmp_path / "two", *same, "data.batch_size=4"))])
+    two_args = tlm_args(preset, small_sample.dir, tmp_path / "two", *same, "data.batch_size=4")
+    two = start([*torchrun, *tlm_command(two_args)])
     succeed([one, two])
     assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"), atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["mlm", "modernbert"])
-def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterrupted_run(sample, tmp_path, preset):
+def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterrupted_run(small_sample, tmp_path,
+                                                                                        preset):
     # Dropout and a DataLoader worker: the resumed run must restore the RNGs and the reader's position.
     # The kill lands at the first checkpoint (step 5) or a few steps later, far from the end.
     steps = 100
 
     def args(name: str) -> list[str]:
-        return tlm_command(tlm_args(preset, sample.dir, tmp_path / name, f"train.max_steps={steps}",
+        return tlm_command(tlm_args(preset, small_sample.dir, tmp_path / name, f"train.max_steps={steps}",
                             "train.checkpoint_every=5", "model.dropout=0.1", "train.num_workers=1"))
 
     reference = start(args("reference"))
@@ -211,11 +199,11 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_parameters_of_an_uninterru
     assert_same_params(final_params(tmp_path / "killed"), final_params(tmp_path / "reference"))
 
 
-def test_pytorchjob_pods_train_with_the_real_entry_point_and_only_rank_0_writes(sample, tmp_path):
+def test_pytorchjob_pods_train_with_the_real_entry_point_and_only_rank_0_writes(small_sample, tmp_path):
     # Two pods of one process each, launched as the training operator does (RANK, WORLD_SIZE, MASTER_*,
     # PET_*). Each pod gets its own run_dir, which a fresh run never reads, so any write by rank 1 shows.
     port = free_port()
-    pods = [start(tlm_command(tlm_args("mlm", sample.dir, tmp_path / f"pod{rank}", "train.max_steps=3")),
+    pods = [start(tlm_command(tlm_args("mlm", small_sample.dir, tmp_path / f"pod{rank}", "train.max_steps=3")),
                   pod_env(rank, 2, port, 1)) for rank in range(2)]
     master_out, _ = succeed(pods)
     assert "on 2 process(es)" in master_out
@@ -224,23 +212,23 @@ def test_pytorchjob_pods_train_with_the_real_entry_point_and_only_rank_0_writes(
     assert [p for p in (tmp_path / "pod1").rglob("*") if p.is_file()] == []
 
 
-def test_pytorchjob_pods_sharing_a_sample_dir_build_it_once(sample, tmp_path):
+def test_pytorchjob_pods_sharing_a_sample_dir_build_it_once(small_sample, tmp_path):
     # Both pods have local rank 0 and see the same data.sample.dir, as on a shared volume. The validation
     # shards are left out of the copy for the job to build: two pods building them at once would race.
-    unbuilt = shutil.ignore_patterns(sample.paths["valid"].name, sample.paths["paired_valid"].name)
-    shutil.copytree(sample.dir, tmp_path / "sample", ignore=unbuilt)
+    unbuilt = shutil.ignore_patterns(small_sample.paths["valid"].name, small_sample.paths["paired_valid"].name)
+    shutil.copytree(small_sample.dir, tmp_path / "sample", ignore=unbuilt)
     run_two_pods(tlm_command(tlm_args("mlm", tmp_path / "sample", tmp_path / "run", "train.max_steps=1")))
 
 
 # -- user errors -------------------------------------------------------------------------------------------
 
-def test_unknown_key_exits_2_with_one_line_naming_the_nearest_key(sample, tmp_path):
-    error = cli_error(tlm_args("mlm", sample.dir, tmp_path, "model.layer=2"))
+def test_unknown_key_exits_2_with_one_line_naming_the_nearest_key(small_sample, tmp_path):
+    error = cli_error(tlm_args("mlm", small_sample.dir, tmp_path, "model.layer=2"))
     assert error == "error: override 'model.layer=2': unknown key 'model.layer'; did you mean 'model.layers'?"
 
 
-def test_missing_data_path_exits_2_with_one_line_naming_it(sample, tmp_path):
+def test_missing_data_path_exits_2_with_one_line_naming_it(small_sample, tmp_path):
     missing = tmp_path / "no-such-shards"
-    error = cli_error(tlm_args("mlm", sample.dir, tmp_path, "data.sample.dir=''", f"data.train=[{missing}]",
-                               f"data.tokenizer.vocab={sample.paths['vocab']}"))
+    error = cli_error(tlm_args("mlm", small_sample.dir, tmp_path, "data.sample.dir=''", f"data.train=[{missing}]",
+                               f"data.tokenizer.vocab={small_sample.paths['vocab']}"))
     assert error.startswith(f"error: {missing}: no shards found")
