@@ -1,7 +1,9 @@
 """Every PyTorchJob shipped under k8s/ runs to completion through the strict operator harness (read-only
 /data, pods as PID namespaces), as kustomize renders it, shrunk by config overrides to a CPU-sized model
-and two steps: the GPU recipes find their data where their headers say and export at the end. The same
-for every TrainJob under k8s/trainjob, on the shipped TrainingRuntime, through the Trainer v2 harness."""
+and two steps: the GPU recipes find their data where their headers say and export at the end. The TrainJob
+base runs the same way on the shipped TrainingRuntime, through the Trainer v2 harness; each TrainJob recipe
+overlay is the same job as its PyTorchJob twin (same config, same command: checked here), so the runs of
+the twin and of the TrainJob base together cover it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from pretrain.checkpoint import list_checkpoints
 from tests.k8s.conftest import ROOT, TIMEOUT_S
 from tests.k8s.kustomize import build
-from tests.k8s.operator_harness import LocalJob
+from tests.k8s.operator_harness import LocalJob, pytorch_container
 from tests.k8s.trainer_harness import LocalTrainJob
 
 SHRINK = ("model.d_model=48", "model.num_heads=3", "model.layers=1", "model.d_ff=96", "data.batch_size=4",
@@ -29,7 +31,8 @@ JOBS = {   # kustomization -> (job name, overrides)
 }
 
 
-TRAINJOBS = {f"trainjob/{directory}": job for directory, job in JOBS.items() if directory != "overlays/elastic"}
+TRAINJOBS = {"trainjob/base": JOBS["base"]}
+TWINS = [directory for directory in JOBS if directory.startswith("overlays/") and directory != "overlays/elastic"]
 
 
 @pytest.mark.slow
@@ -54,3 +57,14 @@ def test_shipped_job_trains_and_exports_on_a_read_only_data_volume(directory: st
     run_dir = claims["pretrain-checkpoints"] / name
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")] == [2], job.logs()
     assert (run_dir / "export" / "model.pt").is_file(), job.logs()
+
+
+@pytest.mark.parametrize("directory", TWINS)
+def test_each_trainjob_overlay_runs_the_config_and_command_of_its_pytorchjob_twin(directory: str) -> None:
+    pytorch_job, train_job = build(ROOT / "k8s" / directory), build(ROOT / "k8s" / "trainjob" / directory)
+    config = [r["data"] for r in pytorch_job if r["kind"] == "ConfigMap"]
+    assert [r["data"] for r in train_job if r["kind"] == "ConfigMap"] == config
+    [job] = [r for r in pytorch_job if r["kind"] == "PyTorchJob"]
+    commands = {tuple(pytorch_container(rspec)["command"]) for rspec in job["spec"]["pytorchReplicaSpecs"].values()}
+    [trainer] = [r["spec"]["trainer"] for r in train_job if r["kind"] == "TrainJob"]
+    assert commands == {tuple(trainer["command"])}
