@@ -3,4 +3,3 @@ session; clients find it through the standard AWS environment variables, as a po
 from __future__ import annotations
 
 from tests.data_pipeline.conftest import small_corpus, wordpiece_spec  # noqa: F401 - shared fixtures
-from tests.pretrain.test_tlm import sample  # noqa: F401 - the built-in sample data, once per session

@@ -29,14 +29,14 @@ def remote_final_params(uri: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(storage.read_bytes(newest)), weights_only=True)["objective"]
 
 
-def test_killed_run_resumes_from_s3_to_the_weights_of_an_uninterrupted_local_run(s3, sample, tmp_path):
+def test_killed_run_resumes_from_s3_to_the_weights_of_an_uninterrupted_local_run(s3, small_sample, tmp_path):
     s3.create_bucket("runs")
     uri = "s3://runs/killed"
 
     def args(run_dir) -> list[str]:
-        return tlm_command(tlm_args("mlm", sample.dir, run_dir, f"train.max_steps={STEPS}", "train.checkpoint_every=5",
-                                    "model.dropout=0.1", "train.num_workers=1", "train.keep_checkpoints=2",
-                                    "train.tensorboard=true"))
+        return tlm_command(tlm_args("mlm", small_sample.dir, run_dir, f"train.max_steps={STEPS}",
+                                    "train.checkpoint_every=5", "model.dropout=0.1", "train.num_workers=1",
+                                    "train.keep_checkpoints=2", "train.tensorboard=true"))
 
     reference = start(args(tmp_path / "reference"))
     killed = start(args(uri))

@@ -19,10 +19,10 @@ SHARD_TOKENS = 2000
 
 
 @pytest.fixture(scope="module")
-def s3_data(s3, sample, tmp_path_factory) -> dict[str, str]:
+def s3_data(s3, small_sample, tmp_path_factory) -> dict[str, str]:
     """A slice of the sample corpus preprocessed by the CLI into s3://corpus/{train,valid}; the vocab stays local."""
     directory = tmp_path_factory.mktemp("s3_data")
-    paths = sample.paths
+    paths = small_sample.paths
     bucket = s3.create_bucket("corpus")
     uris = {"vocab": str(paths["vocab"])}
     for name, lines in (("train", LINES), ("valid", LINES // 4)):
@@ -37,7 +37,7 @@ def s3_data(s3, sample, tmp_path_factory) -> dict[str, str]:
 
 
 def s3_args(data: dict[str, str], run_dir: Path, *overrides: str) -> list[str]:
-    return ["--config", "configs/tiny_mlm.yaml", "data.sample.dir=''", f"data.train=[{data['train']}]",
+    return ["--config", "configs/tiny_mlm.yaml", "data.small_sample.dir=''", f"data.train=[{data['train']}]",
             f"data.valid=[{data['valid']}]", f"data.tokenizer.vocab={data['vocab']}", f"train.run_dir={run_dir}",
             *TINY, *overrides]
 
