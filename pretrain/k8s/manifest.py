@@ -39,6 +39,7 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on eve
 
 GRACE_PERIOD_S, TORCHRUN_SHUTDOWN_S = 90, 75   # SIGTERM -> SIGKILL: the kubelet's, and torchrun's to its ranks
 AGENT_RESTARTS = 3                    # torchrun's in-place restarts of its ranks before its container fails
+RESTARTS_PER_POD = 3                  # runPolicy.backoffLimit per pod of the job (see pytorch_job)
 CPUS_PER_GPU, MEMORY_GIB_PER_GPU, SHM_GIB_PER_GPU = 8, 32, 8   # per-pod defaults (a CPU pod counts as 1)
 # Keys the job's command sets itself, which an override would silently replace.
 JOB_SETS = {"train.run_dir": f"{CHECKPOINTS_DIR}/<job name>", "train.resume": "auto"}
@@ -200,8 +201,12 @@ def pytorch_job(spec: JobSpec) -> dict[str, Any]:
     job_spec: dict[str, Any] = {
         # Always explicit: the operator's default "auto" makes torchrun start one process per CPU.
         "nprocPerNode": str(spec.procs_per_pod),
+        # The operator fails the job once the container restarts of all its pods add up to backoffLimit,
+        # and a crash of the pod whose torchrun hosts the rendezvous (the Master, else the first Worker)
+        # restarts every pod's container: so many restarts per pod, or one such crash ends a large job.
         # cleanPodPolicy None keeps finished pods, so `submit logs` still reads the master's log.
-        "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
+        "runPolicy": {"backoffLimit": RESTARTS_PER_POD * sum(r["replicas"] for r in replica_specs.values()),
+                      "cleanPodPolicy": "None"},
     }
     if spec.elastic:
         job_spec["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": spec.min_workers,

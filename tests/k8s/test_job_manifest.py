@@ -70,6 +70,13 @@ def test_command_runs_the_trainer_under_torchrun_with_run_dir_resume_and_overrid
         "torchrun", "-m", "pretrain.paired", "--config"]   # the elasticPolicy's PET_RDZV_* set the rendezvous
 
 
+def test_backoff_limit_allows_three_container_restarts_per_pod() -> None:
+    # A crashed Master restarts every pod's container: a fixed limit would end a large job at once.
+    assert pytorch_job(JobSpec(name="j", trainer="tlm", workers=7))["spec"]["runPolicy"]["backoffLimit"] == 24
+    assert pytorch_job(JobSpec(name="j", trainer="tlm", workers=4, min_workers=2))["spec"]["runPolicy"][
+        "backoffLimit"] == 12
+
+
 def test_job_name_variable_comes_from_the_operators_pod_label() -> None:
     env = {e["name"]: e for e in _container(pytorch_job(JobSpec(name="j", trainer="tlm")))["env"]}
     assert env["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
