@@ -5,7 +5,7 @@ Supported launches:
 - `torchrun`, single or multi node: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_* set by torchrun for each
   worker; under a Kubeflow PyTorchJob torchrun reads PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE,
   PET_MASTER_ADDR, PET_MASTER_PORT (and the elastic PET_RDZV_*) itself, so `torchrun -m pretrain.tlm`
-  needs no flags in a pod;
+  needs no flags in a pod (our jobs add a c10d rendezvous on the Master: k8s/manifest.rendezvous_flags);
 - a plain `python -m pretrain.tlm` per PyTorchJob pod: the operator's RANK (pod index) and WORLD_SIZE
   (pods x nprocPerNode) are used as they are, which is only right with one process per pod.
 gloo on CPU, NCCL on GPU (one GPU per process, cuda:LOCAL_RANK).

@@ -53,7 +53,7 @@ class TrainResult:
     checkpoint: Path | None            # last checkpoint written (rank 0 only; None elsewhere)
     train: dict[str, float] = field(default_factory=dict)  # last progress report: loss terms, metrics
     valid: dict[str, float] = field(default_factory=dict)  # last validation: loss terms, *_ppl, metrics
-    stopped_by_peer: bool = False      # stopped early by another rank's SIGTERM, not by one of its own
+    stopped_by_peer: bool = False      # another rank got SIGTERM (this one did not): its pod is going down
 
 
 def seed_everything(seed: int) -> None:
@@ -173,6 +173,7 @@ class Trainer:
             completed = self.step >= self.cfg.max_steps
             if completed and self.export is not None and self.env.is_main:
                 self.export(self.objective, self.run_dir)
+            stopped_by_peer = self._stop_votes(stop) > 0 and not stop.requested
         finally:
             self._stop_workers()
             try:
@@ -182,7 +183,19 @@ class Trainer:
                 if self.env.is_main:
                     sync_mirror(self.cfg.run_dir)
         return TrainResult(self.step, completed, self.checkpoints.last_saved, self.last_train, self.last_valid,
-                           stopped_by_peer=not completed and not stop.requested)
+                           stopped_by_peer=stopped_by_peer)
+
+    def _stop_votes(self, stop: StopRequest) -> int:
+        """How many ranks got SIGTERM during the run, counted once more when it is over (after the export:
+        this all-reduce is also where every rank waits for rank 0's).
+
+        The step's vote misses a SIGTERM that lands after the last step's all-reduce (in the final
+        validation or checkpoint). That rank's torchrun is going down and never reaches torchrun's exit
+        barrier, where the other pods' torchruns, their ranks all exited 0, would wait for it for 5
+        minutes before the Master pod could succeed. So its peers exit EXIT_RESUME instead: restarted (by
+        their torchrun, in place) with the re-created pod, the job resumes at max_steps and ends at once."""
+        vote = torch.tensor([float(stop.requested)], dtype=torch.float64, device=self.env.device)
+        return int(all_reduce_sum(vote, self.env).item())
 
     def _stop_workers(self) -> None:
         """Shut the DataLoader workers down now. They ignore SIGTERM (leave_sigterm_to_the_trainer), so the

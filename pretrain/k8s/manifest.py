@@ -38,6 +38,8 @@ RUN_AS = 10001                        # the image's non-root user (Dockerfile)
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"   # set by the operator on every pod of a job
 
 GRACE_PERIOD_S, TORCHRUN_SHUTDOWN_S = 90, 75   # SIGTERM -> SIGKILL: the kubelet's, and torchrun's to its ranks
+AGENT_RESTARTS = 3                    # torchrun's in-place restarts of its ranks before its container fails
+RESTARTS_PER_POD = 3                  # runPolicy.backoffLimit per pod of the job (see pytorch_job)
 CPUS_PER_GPU, MEMORY_GIB_PER_GPU, SHM_GIB_PER_GPU = 8, 32, 8   # per-pod defaults (a CPU pod counts as 1)
 # Keys the job's command sets itself, which an override would silently replace.
 JOB_SETS = {"train.run_dir": f"{CHECKPOINTS_DIR}/<job name>", "train.resume": "auto"}
@@ -199,8 +201,12 @@ def pytorch_job(spec: JobSpec) -> dict[str, Any]:
     job_spec: dict[str, Any] = {
         # Always explicit: the operator's default "auto" makes torchrun start one process per CPU.
         "nprocPerNode": str(spec.procs_per_pod),
+        # The operator fails the job once the container restarts of all its pods add up to backoffLimit,
+        # and a crash of the pod whose torchrun hosts the rendezvous (the Master, else the first Worker)
+        # restarts every pod's container: so many restarts per pod, or one such crash ends a large job.
         # cleanPodPolicy None keeps finished pods, so `submit logs` still reads the master's log.
-        "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
+        "runPolicy": {"backoffLimit": RESTARTS_PER_POD * sum(r["replicas"] for r in replica_specs.values()),
+                      "cleanPodPolicy": "None"},
     }
     if spec.elastic:
         job_spec["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": spec.min_workers,
@@ -227,8 +233,28 @@ def container_command(spec: JobSpec) -> list[str]:
     the newest checkpoint there.
     """
     cache = [f"data.cache_dir={CACHE_DIR}", f"data.cache_limit={spec.cache_limit}"] if spec.object_store else []
-    return ["torchrun", "-m", f"pretrain.{spec.trainer}", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}",
-            f"train.run_dir={run_dir('$(JOB_NAME)', spec.run_root)}", "train.resume=auto", *cache, *spec.overrides]
+    return ["torchrun", *rendezvous_flags(spec), "-m", f"pretrain.{spec.trainer}", "--config",
+            f"{CONFIG_DIR}/{CONFIG_KEY}", f"train.run_dir={run_dir('$(JOB_NAME)', spec.run_root)}",
+            "train.resume=auto", *cache, *spec.overrides]
+
+
+def rendezvous_flags(spec: JobSpec) -> list[str]:
+    """A Master + Workers job rendezvous through torchrun's c10d backend, hosted by the Master's torchrun,
+    and torchrun restarts its own ranks in place (AGENT_RESTARTS) instead of failing its container.
+
+    The operator's PET_* env alone selects torchrun's static rendezvous, whose store lives as long as
+    the Master's torchrun and keeps every round's keys: a Worker whose container restarts while the
+    Master's torchrun is still failing reads the old round's ranks and peer addresses from it, its
+    ranks connect to dead peers and fail, and each failure is one more container restart against
+    runPolicy.backoffLimit. The c10d rendezvous counts rounds: the restarted Worker waits for the next
+    one, which the Master's torchrun opens as soon as its ranks fail (or, healthy, sees a node waiting).
+    Ranks are ordered by pod hostname, so the Master's ranks come first (<job>-master-0 sorts before
+    <job>-worker-N) and rank 0 writes its log. An elastic job gets all of this from its elasticPolicy.
+    """
+    if spec.elastic:
+        return []
+    return ["--rdzv-backend=c10d", "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)", "--rdzv-id=$(JOB_NAME)",
+            f"--max-restarts={AGENT_RESTARTS}"]
 
 
 def credentials_env(secret: str | None) -> list[dict[str, Any]]:
@@ -266,6 +292,9 @@ def pod_template(spec: JobSpec, wiring: PodWiring) -> dict[str, Any]:
             # torchrun waits this long for its ranks after forwarding SIGTERM, then kills them: shorter
             # than the pod's grace period, so it is torchrun, not the kubelet, that decides.
             {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(TORCHRUN_SHUTDOWN_S)},
+            # Each rendezvous round gets a fresh store for the ranks' process group: torchrun's shared one
+            # keeps the previous round's peer addresses, which the ranks of an in-place restart then read.
+            {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
             *credentials_env(spec.object_store_secret),    # last: a TrainJob carries them (trainjob.py)
         ],
         **({"ports": [dict(port) for port in wiring.ports]} if wiring.ports else {}),

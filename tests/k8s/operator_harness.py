@@ -24,9 +24,13 @@ For pod <job>-<type>-<index> the harness
   (and every ConfigMap) are read-only bind mounts, entered only after the remount;
 - deletes a pod as the kubelet does: SIGTERM to PID 1, SIGKILL after terminationGracePeriodSeconds;
   the operator then creates it again;
-- restarts a pod whose process fails, as restartPolicy OnFailure does, up to runPolicy.backoffLimit
-  restarts for the whole job, and calls the job Succeeded as the operator does: when the Master
-  succeeded (without a Master, every Worker), whatever the other pods are doing.
+- restarts a pod whose process fails, as restartPolicy OnFailure does, with the kubelet's back-off
+  (the first restart at once, then 10 s, doubling up to 5 min: CrashLoopBackOff; its reset after 10
+  minutes of running is not modelled), up to runPolicy.backoffLimit restarts for the whole job, and
+  calls the job Succeeded as the operator does: when the Master succeeded (without a Master, every
+  Worker), whatever the other pods are doing;
+- can stall a pod (`Pod.frozen`: every process stopped, then continued), as a node does that is
+  CPU-throttled or otherwise too slow to notice that a peer died.
 `run_batch_job` runs the single pod of a batch/v1 Job (data preparation, export) the same way.
 """
 from __future__ import annotations
@@ -44,7 +48,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tests.pretrain.processes import free_port, process_env
 
@@ -74,11 +78,13 @@ class Pod:
     grace_s: float = 30.0                                  # terminationGracePeriodSeconds
     hosts: Path | None = None                              # the job's /etc/hosts: pod name -> address
     restarts: int = 0
+    failed_at: float | None = None                         # when the kubelet saw its container fail
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> None:
         """Start the container: a new PID namespace whose PID 1 is the command, in a mount namespace
         where the read-only mounts are remounted read-only before entering the working directory."""
+        self.failed_at = None
         log = self.log_path.open("a")
         log.write(f"--- {self.name} start {self.restarts}\n")
         log.flush()
@@ -121,6 +127,40 @@ class Pod:
         pid = self.pid1()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid if pid is not None else self.process.pid, signum)
+
+    def back_off_s(self) -> float:
+        """The kubelet's wait before restarting this failed container: none the first time, then 10 s,
+        doubling with each restart, at most 5 minutes (pkg/kubelet: CrashLoopBackOff)."""
+        return 0.0 if self.restarts == 0 else min(10.0 * 2 ** (self.restarts - 1), 300.0)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every process of the pod stopped (SIGSTOP) for the body, then continued: a node that stalls
+        for a while, as the cgroup freezer or a CPU-starved box would leave it."""
+        pids = self.processes()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def processes(self) -> list[int]:
+        """Host PIDs of the container's processes: every descendant of the `unshare` that holds it."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        pids, todo = [], list(children.get(self.process.pid, []))
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            todo += children.get(pid, [])
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -195,7 +235,8 @@ class LocalJob:
         return code
 
     def run_until(self, done, timeout_s: float, poll_s: float = 0.2) -> None:
-        """Supervise the pods (restarting failed ones) until `done(self)` holds or the job succeeded."""
+        """Supervise the pods (restarting failed ones after the kubelet's back-off) until `done(self)`
+        holds or the job succeeded."""
         deadline = time.monotonic() + timeout_s
         while not done(self):
             codes = [pod.process.poll() for pod in self.pods]
@@ -205,8 +246,10 @@ class LocalJob:
                 if code not in (None, 0):
                     if sum(p.restarts for p in self.pods) >= self.backoff_limit:
                         raise JobFailed(f"{pod.name} exited {code} with no restarts left:\n{self.logs()}")
-                    pod.restarts += 1
-                    pod.start()
+                    pod.failed_at = pod.failed_at or time.monotonic()
+                    if time.monotonic() - pod.failed_at >= pod.back_off_s():
+                        pod.restarts += 1
+                        pod.start()
             if time.monotonic() > deadline:
                 raise JobFailed(f"job {self.name} did not finish in {timeout_s:.0f}s:\n{self.logs()}")
             time.sleep(poll_s)

@@ -62,8 +62,19 @@ def test_gpus_are_requested_and_limited_per_pod_and_absent_on_cpu() -> None:
 def test_command_runs_the_trainer_under_torchrun_with_run_dir_resume_and_overrides() -> None:
     job = pytorch_job(JobSpec(name="j", trainer="paired", overrides=("train.max_steps=5",)))
     assert _container(job)["command"] == [
-        "torchrun", "-m", "pretrain.paired", "--config", "/etc/pretrain/config.yaml",
+        "torchrun", "--rdzv-backend=c10d", "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+        "--rdzv-id=$(JOB_NAME)", "--max-restarts=3", "-m", "pretrain.paired", "--config", "/etc/pretrain/config.yaml",
         "train.run_dir=/checkpoints/$(JOB_NAME)", "train.resume=auto", "train.max_steps=5"]
+    elastic = pytorch_job(JobSpec(name="j", trainer="paired", workers=2, min_workers=1))
+    assert elastic["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"][:4] == [
+        "torchrun", "-m", "pretrain.paired", "--config"]   # the elasticPolicy's PET_RDZV_* set the rendezvous
+
+
+def test_backoff_limit_allows_three_container_restarts_per_pod() -> None:
+    # A crashed Master restarts every pod's container: a fixed limit would end a large job at once.
+    assert pytorch_job(JobSpec(name="j", trainer="tlm", workers=7))["spec"]["runPolicy"]["backoffLimit"] == 24
+    assert pytorch_job(JobSpec(name="j", trainer="tlm", workers=4, min_workers=2))["spec"]["runPolicy"][
+        "backoffLimit"] == 12
 
 
 def test_job_name_variable_comes_from_the_operators_pod_label() -> None:

@@ -29,8 +29,9 @@ def test_local_pods_run_the_manifest_command_on_local_volumes(tmp_path: Path) ->
     job = LocalJob([config_map(spec, "train: {}\n"), pytorch_job(spec)], claims, tmp_path)
     master, worker = job.pods
     assert (master.name, worker.name) == ("demo-master-0", "demo-worker-0")
-    config_dir = Path(master.command[4]).parent
-    assert master.command == ["torchrun", "-m", "pretrain.tlm", "--config", f"{config_dir}/config.yaml",
+    config_dir = Path(master.command[8]).parent
+    assert master.command == ["torchrun", "--rdzv-backend=c10d", f"--rdzv-endpoint=demo-master-0:{master.env['MASTER_PORT']}",
+                              "--rdzv-id=demo", "--max-restarts=3", "-m", "pretrain.tlm", "--config", f"{config_dir}/config.yaml",
                               f"train.run_dir={claims['pretrain-checkpoints']}/demo", "train.resume=auto",
                               "train.max_steps=4"]
     assert (config_dir / "config.yaml").read_text() == "train: {}\n"

@@ -71,6 +71,9 @@ def test_readme_walk_from_data_job_to_export(data_volume: Path, tmp_path: Path) 
     job = run_job(submit_cli("render", *first, *SHORT, f"train.max_steps={FIRST_STEPS}"), claims,
                   tmp_path / "first", "tiny-mlm-worker-0")
     assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")][-1] == FIRST_STEPS, job.logs()
+    # Every rank stopped after one step at a checkpoint; the master's restarted in place and resumed there.
+    assert "SIGTERM received: stopping at step" in job.pod("tiny-mlm-worker-0").log(), job.logs()
+    assert "resumed from" in job.logs() and job.pod("tiny-mlm-master-0").restarts == 0, job.logs()
 
     # 4. Train longer: the same name again resumes from the newest checkpoint.
     job = run_job(submit_cli("render", *again, *SHORT, f"train.max_steps={FIRST_STEPS + 4}"), claims,

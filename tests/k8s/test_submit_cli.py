@@ -237,7 +237,7 @@ def test_object_store_job_mounts_no_pvc_and_takes_its_credentials_from_the_secre
     [container] = pod["containers"]
     assert [v["name"] for v in pod["volumes"]] == ["config", "shard-cache", "dshm", "tmp"]
     assert pod["volumes"][1]["emptyDir"] == {"sizeLimit": "10Gi"} and container["workingDir"] == "/tmp"
-    assert container["command"][5:9] == ["train.run_dir=s3://bucket/runs/$(JOB_NAME)", "train.resume=auto",
+    assert container["command"][9:13] == ["train.run_dir=s3://bucket/runs/$(JOB_NAME)", "train.resume=auto",
                                          "data.cache_dir=/cache", f"data.cache_limit={int(10 * 2**30 * 0.9) // 2}"]
     secret_refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})}
     assert secret_refs == {"AWS_ACCESS_KEY_ID": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"},

@@ -56,6 +56,8 @@ def test_local_nodes_get_their_completion_index_as_rank_and_one_local_master(tmp
     assert node0.env["PET_MASTER_PORT"] == node1.env["PET_MASTER_PORT"] != "29500"
     assert (node0.env["PET_NNODES"], node0.env["PET_NPROC_PER_NODE"]) == ("2", "1")
     assert node0.env["JOB_NAME"] == "demo" and job.backoff_limit == 3
-    assert node0.command[:3] == ["torchrun", "-m", "pretrain.tlm"]
-    assert node0.command[5] == f"train.run_dir={claims['pretrain-checkpoints']}/demo"
+    port = node0.env["PET_MASTER_PORT"]
+    assert node0.command[:7] == ["torchrun", "--rdzv-backend=c10d", f"--rdzv-endpoint=demo-node-0-0.demo:{port}",
+                                 "--rdzv-id=demo", "--max-restarts=3", "-m", "pretrain.tlm"]
+    assert node0.command[9] == f"train.run_dir={claims['pretrain-checkpoints']}/demo"
     assert node0.cwd == claims["pretrain-data"] and claims["pretrain-data"] in node0.read_only
