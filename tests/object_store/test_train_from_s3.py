@@ -37,7 +37,7 @@ def s3_data(s3, small_sample, tmp_path_factory) -> dict[str, str]:
 
 
 def s3_args(data: dict[str, str], run_dir: Path, *overrides: str) -> list[str]:
-    return ["--config", "configs/tiny_mlm.yaml", "data.small_sample.dir=''", f"data.train=[{data['train']}]",
+    return ["--config", "configs/tiny_mlm.yaml", "data.sample.dir=''", f"data.train=[{data['train']}]",
             f"data.valid=[{data['valid']}]", f"data.tokenizer.vocab={data['vocab']}", f"train.run_dir={run_dir}",
             *TINY, *overrides]
 
