@@ -70,7 +70,7 @@ def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor
     """The preset's discriminator and head trained on unigram noise alone; prints validation loss and AUC."""
     torch.manual_seed(cfg.train.seed)
     encoder = TransformerLM(replace(cfg.model, vocab_size=vocab_size))
-    model = nn.ModuleDict({"encoder": encoder, "head": DiscriminatorHead(encoder.cfg.d_model)})
+    model = nn.ModuleDict({"encoder": encoder, "head": DiscriminatorHead(encoder.cfg.d_model, cfg.objective.mask_rate)})
     optimizer = build_optimizer(model, cfg.optim, torch.device("cpu"))
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
