@@ -10,7 +10,8 @@ shards' bigrams once (add-k smoothed towards the unigram) and scores each valida
 replaced by unigram samples, by how much less likely its two bigrams are than chance. `--train-steps` then
 trains the preset's discriminator (the config's `model` section, its head, optimizer and batch shape) on the
 same task with no generator: fresh unigram noise on each batch of training blocks, binary cross-entropy at
-every position, AUC on the same corrupted validation blocks.
+every position, AUC on the same corrupted validation blocks, and the spread of the encoder's output over
+tokens (std per feature, averaged): near 0 when it has collapsed to one constant vector.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoothing", type=float, default=0.1)
     parser.add_argument("--train-steps", type=int, default=0, help="train the discriminator alone this long")
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--zero-logit-bias", action="store_true",
+                        help="start the head's logit bias at 0 instead of the replaced prior (to see the collapse)")
     return parser.parse_args()
 
 
@@ -66,11 +69,13 @@ def bigram_count_auc(train: np.ndarray, corrupted: np.ndarray, replaced: np.ndar
 
 def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor,
                         valid: tuple[torch.Tensor, torch.Tensor], unigram: torch.Tensor, steps: int,
-                        eval_every: int) -> None:
+                        eval_every: int, zero_logit_bias: bool) -> None:
     """The preset's discriminator and head trained on unigram noise alone; prints validation loss and AUC."""
     torch.manual_seed(cfg.train.seed)
     encoder = TransformerLM(replace(cfg.model, vocab_size=vocab_size))
-    model = nn.ModuleDict({"encoder": encoder, "head": DiscriminatorHead(encoder.cfg.d_model)})
+    model = nn.ModuleDict({"encoder": encoder, "head": DiscriminatorHead(encoder.cfg.d_model, cfg.objective.mask_rate)})
+    if zero_logit_bias:
+        nn.init.zeros_(model["head"].out.bias)
     optimizer = build_optimizer(model, cfg.optim, torch.device("cpu"))
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -79,11 +84,13 @@ def train_discriminator(cfg: DiscrimConfig, vocab_size: int, train: torch.Tensor
         if step % eval_every == 0 or step == steps:
             model.eval()
             with torch.no_grad():
-                logits = torch.cat([model["head"](encoder(rows)) for rows in valid[0].split(cfg.data.batch_size)])
+                hidden = torch.cat([encoder(rows) for rows in valid[0].split(cfg.data.batch_size)])
+                logits = model["head"](hidden)
             model.train()
             loss = F.binary_cross_entropy_with_logits(logits, valid[1].float()).item()
             print(f"discriminator alone, step {step}: loss {loss:.4f}, "
-                  f"AUC {roc_auc(logits.flatten(), valid[1].flatten())[0].item():.3f}", flush=True)
+                  f"AUC {roc_auc(logits.flatten(), valid[1].flatten())[0].item():.3f}, "
+                  f"hidden-state spread over tokens {hidden.std(dim=(0, 1)).mean().item():.3f}", flush=True)
         if step == steps:
             break
         rows = train[torch.randint(len(train), (cfg.data.batch_size,), generator=generator)]
@@ -108,7 +115,7 @@ def main() -> None:
           f"replaced by unigram samples: bigram-count detector AUC {auc:.3f}", flush=True)
     if args.train_steps:
         train_discriminator(cfg, tokenizer.vocab_size, train, (corrupted, replaced), unigram, args.train_steps,
-                            args.eval_every)
+                            args.eval_every, args.zero_logit_bias)
 
 
 if __name__ == "__main__":

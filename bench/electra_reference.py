@@ -6,17 +6,19 @@
 
 Both pairs take their shapes, recipe and optimizer from the config (overrides as on the pretrain.discrim
 command line): the discriminator is the `model` section, the generator `objective.generator_fraction` of it,
-sharing the discriminator's embeddings (HF's: word, position and LayerNorm, as in the paper), lambda =
-`objective.discriminator_weight`, one AdamW with the config's warmup, decay and gradient clipping. They
-read the same blocks of the sample corpus's training shards in the same order with the same masks and the
-same sampling uniforms, and both go through `electra_terms` (sampling, labels, losses, metrics), so the only
-difference is the two networks. Every `train.eval_every` steps: generator MLM loss, share of targets the
-sample replaced, discriminator loss, its accuracy beside the always-"original" accuracy, and ROC AUC on
-replaced-token detection, on fixed, fixed-masked blocks of the validation shards.
+sharing the discriminator's embeddings (HF's: word, position and LayerNorm, as in the paper), the logit's bias
+starting at the replaced prior as ours does, lambda = `objective.discriminator_weight`, one AdamW with the
+config's warmup, decay and gradient clipping. They read the same blocks of the sample corpus's training shards
+in the same order with the same masks and the same sampling uniforms, and both go through `electra_terms`
+(sampling, labels, losses, metrics), so the only difference is the two networks. Every `train.eval_every`
+steps: generator MLM loss, share of targets the sample replaced, discriminator loss, its accuracy beside the
+always-"original" accuracy, and ROC AUC on replaced-token detection, on fixed, fixed-masked blocks of the
+validation shards.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 
 import torch
@@ -70,6 +72,9 @@ def hf_electra_models(model: TransformerConfig, recipe: ElectraConfig, pad_id: i
                                                    intermediate_size=model.d_ff, **common))
     generator.electra.embeddings = discriminator.electra.embeddings
     generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+    # Our head's logit bias starts at the replaced prior (DiscriminatorHead); HF's would start at zero.
+    nn.init.constant_(discriminator.discriminator_predictions.dense_prediction.bias,
+                      math.log(recipe.mask_rate / (1.0 - recipe.mask_rate)))
     return generator, discriminator
 
 

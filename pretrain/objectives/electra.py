@@ -15,6 +15,7 @@ Special tokens are never sampled, and no gradient flows through the sample.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -112,13 +113,21 @@ class ElectraGenerator(nn.Module):
 
 
 class DiscriminatorHead(nn.Module):
-    """ELECTRA's per-token binary classifier: dense, GELU, one logit (> 0: replaced)."""
+    """ELECTRA's per-token binary classifier: dense, GELU, one logit (> 0: replaced).
 
-    def __init__(self, d_model: int) -> None:
+    The logit's bias starts at the log-odds of `replaced_prior`, the share of replaced tokens expected at the
+    start (the mask rate: an untrained generator's samples almost always differ), as RetinaNet starts its rare
+    class (Lin et al. 2017). At zero, the first steps' largest gradient says only "lower every logit" (from
+    p = 0.5 to ~0.15), and AdamW moves every weight by ~lr per step whatever its gradient's size, so the
+    encoder learns to emit one constant vector (its hidden states' spread over tokens fell from 1.0 to 0.001
+    in 50 steps of the small preset) and the constant answer becomes a plateau where its gradients vanish."""
+
+    def __init__(self, d_model: int, replaced_prior: float) -> None:
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, 1)
         self.apply(init_bert_weights)
+        nn.init.constant_(self.out.bias, math.log(replaced_prior / (1.0 - replaced_prior)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(F.gelu(self.dense(hidden))).squeeze(-1)
@@ -227,7 +236,7 @@ class Electra(nn.Module):
         self.loss_weights = {"generator": 1.0, "discriminator": cfg.discriminator_weight}
         self.pad_id = pad_id
         self.discriminator = discriminator
-        self.discriminator_head = DiscriminatorHead(discriminator.cfg.d_model)
+        self.discriminator_head = DiscriminatorHead(discriminator.cfg.d_model, cfg.mask_rate)
         shared = discriminator.encoder.embeddings.word if cfg.share_embeddings else None
         self.generator_cfg = generator_config(discriminator.cfg, cfg)
         self.generator = ElectraGenerator(self.generator_cfg, shared)

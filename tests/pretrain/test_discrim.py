@@ -34,9 +34,9 @@ def tiny_args(data: dict[str, Path], run_dir: Path, *overrides: str) -> list[str
 def test_electra_losses_fall_on_sample_text(sample_data, tmp_path):
     result = run_recipe(RECIPE, tiny_args(sample_data, tmp_path, "train.max_steps=40"))
     assert result.completed
-    # Untrained: the generator is uniform over 1000 ids and the discriminator says 50:50 (log 2). A run this
-    # short gets the generator to unigram-like guesses and the discriminator to the replaced-token base rate
-    # (~15% of the tokens: BCE ~0.42); telling replacements apart from context takes longer.
+    # Untrained: the generator is uniform over 1000 ids; the discriminator starts at the replaced-token base
+    # rate (~15% of the tokens: BCE ~0.42, against log 2 for 50:50). A run this short gets the generator to
+    # unigram-like guesses; telling replacements apart from context takes longer.
     assert result.train["generator"] < 0.9 * math.log(1000)
     assert result.train["discriminator"] < 0.75 * math.log(2)
     valid = result.valid

@@ -1,14 +1,17 @@
 """ELECTRA: generator sizing and embedding sharing, the masking recipe, sampling, replaced-token labels,
 the two loss terms and what gets exported."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from pretrain.config import ConfigError
+from pretrain.config import ConfigError, OptimConfig
 from pretrain.model import TransformerConfig, TransformerLM
 from pretrain.objectives.electra import (Electra, ElectraConfig, ReplacementMasker, electra_terms, generator_config,
                                          roc_auc, sample_tokens)
 from pretrain.objectives.masking import TokenMasker
+from pretrain.optim import build_optimizer, build_scheduler
 
 VOCAB, PAD, MASK = 60, 0, 4
 SPECIALS = frozenset(range(5))
@@ -142,6 +145,30 @@ def test_labels_mark_the_samples_that_differ_and_the_loss_covers_every_non_paddi
     assert out["metrics"]["replaced_of_targets"] == (2, 3)
     assert out["metrics"]["original_rate"][0] == 7
     assert out["metrics"]["replaced_auc"][0] == pytest.approx(6 / 14)  # ranks 2 and 7 of the 9 real positions
+
+
+def test_the_discriminator_starts_at_the_replaced_prior_and_does_not_collapse_to_a_constant():
+    """From a zero logit bias, AdamW's first steps turn the discriminator into a constant "original" answer
+    (its hidden states' spread over tokens falls to ~0.05 here, against ~0.56 from the prior), a plateau it
+    does not leave."""
+    model = electra(mask_rate=0.15)
+    probe = masked_batch(rows=8, seed=999)["tokens"]
+    with torch.no_grad():
+        assert model.discriminate(probe).mean().item() == pytest.approx(math.log(0.15 / 0.85), abs=0.1)
+    optim = OptimConfig(lr=1e-3, warmup_steps=5, schedule="constant")
+    optimizer = build_optimizer(model, optim, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, optim, max_steps=40)
+    for seed in range(40):
+        losses = model(masked_batch(rows=8, seed=seed))["losses"]
+        loss = sum(model.loss_weights[name] * total / count for name, (total, count) in losses.items())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        assert model.discriminator(probe).std(dim=(0, 1)).mean() > 0.3
 
 
 def test_no_gradient_flows_through_the_sample():
