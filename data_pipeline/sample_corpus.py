@@ -133,6 +133,7 @@ def build_sample_corpus(out_dir: str | Path, root: Path | None = None) -> Sample
     """Write train.txt, valid.txt, paired_train.tsv, paired_valid.tsv into `out_dir` (from `root`)."""
     root = stdlib_dir() if root is None else Path(root)
     corpus = SampleCorpus.in_dir(out_dir)
+    corpus.train.parent.mkdir(parents=True, exist_ok=True)  # an unusable out_dir fails before the scan
     seen: set[str] = set()
     lines: dict[Path, list[str]] = {p: [] for p in (corpus.train, corpus.valid, corpus.paired_train,
                                                     corpus.paired_valid)}
