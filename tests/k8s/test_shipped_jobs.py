@@ -6,6 +6,8 @@ overlay is the same job as its PyTorchJob twin (same config, same command: check
 the twin and of the TrainJob base together cover it."""
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,13 @@ def test_each_trainjob_overlay_runs_the_config_and_command_of_its_pytorchjob_twi
     commands = {tuple(pytorch_container(rspec)["command"]) for rspec in job["spec"]["pytorchReplicaSpecs"].values()}
     [trainer] = [r["spec"]["trainer"] for r in train_job if r["kind"] == "TrainJob"]
     assert commands == {tuple(trainer["command"])}
+    # Everything else is the TrainJob base's, which runs above: the overlay is that run with the twin's job.
+    assert _without_command_and_config(train_job) == _without_command_and_config(build(ROOT / "k8s" / "trainjob/base"))
+
+
+def _without_command_and_config(resources: list[dict]) -> dict:
+    """The TrainJob's spec with its trainer command and its ConfigMap's (generated) name left out."""
+    [config_map] = [r["metadata"]["name"] for r in resources if r["kind"] == "ConfigMap"]
+    [spec] = [copy.deepcopy(r["spec"]) for r in resources if r["kind"] == "TrainJob"]
+    del spec["trainer"]["command"]
+    return json.loads(json.dumps(spec).replace(json.dumps(config_map), '"CONFIG"'))
