@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from data_pipeline.errors import UserError
 from export import export_model, load_pretrained
@@ -70,3 +71,17 @@ def test_a_missing_checkpoint_is_a_one_line_error_with_exit_code_2(tmp_path):
                             check=False)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_the_cli_in_its_own_process_writes_an_export_transformers_loads(vocab_spec, tmp_path):
+    # As a user runs it (`python -m export` starts with the package's lazy imports), then read by HF itself.
+    model = random_model(head_transform=True)
+    write_training_checkpoint(tmp_path / "ckpt-00000010.pt", CausalLM(model, pad_id=0), model.cfg, vocab_spec.vocab)
+    done = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tmp_path / "ckpt-00000010.pt"),
+                           "--format", "npz", "hf", "--out", str(tmp_path / "export")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, _ = load_pretrained(tmp_path / "export" / "model.npz")
+    assert torch.equal(hidden(loaded), hidden(model))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "hf").eval()
+    with torch.no_grad():
+        assert hf(token_batch()).logits.shape[-1] == model.cfg.vocab_size
