@@ -1,9 +1,10 @@
 """Multi-head attention: self- or cross-attention, padding, causal, document and sliding-window masks, Shaw
 et al. relative positions and rotary positions.
 
-Every variant but relative *values* runs through F.scaled_dot_product_attention, which picks fused
-flash / memory-efficient kernels where the inputs allow; relative values need the attention weights
-themselves, so that variant alone takes the explicit path.
+Every variant runs through F.scaled_dot_product_attention, which picks fused flash / memory-efficient
+kernels where the inputs allow, but two: relative *values* need the attention weights themselves, and so
+does attention dropout on CPU, where SDPA has no fused kernel with dropout and its math path draws torch's
+slow masks (`pretrain.model.dropout`). Those take the explicit path.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.model.dropout import dropout
 from pretrain.model.rotary import apply_rope
 
 
@@ -111,8 +113,8 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rope(q, *(query_rope or rope)), apply_rope(k, *rope)
         if mask is None and (key_padding_mask is not None or (causal and self.rpr_key is not None)):
             mask = allowed_keys(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
-        if self.rpr_value is not None:
-            out = self._explicit_attention(q, k, v, mask)
+        if self.rpr_value is not None or (self.training and self.dropout_p and q.device.type == "cpu"):
+            out = self._explicit_attention(q, k, v, mask, causal)
         else:
             out = self._sdpa(q, k, v, mask, causal and mask is None)
         batch, _, q_len, _ = out.shape
@@ -155,16 +157,24 @@ class MultiHeadAttention(nn.Module):
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            mask: torch.Tensor | None) -> torch.Tensor:
-        """Relative keys and values: out_i = sum_j p_ij (v_j + b_(j-i)), p = softmax((q.k + q.a) / sqrt(d))."""
-        relative_scores, index = self._relative_key_scores(q, k.shape[2])
-        scores = (q @ k.transpose(-1, -2) + relative_scores) * self.head_dim ** -0.5
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                            causal: bool) -> torch.Tensor:
+        """out_i = sum_j p_ij (v_j [+ b_(j-i)]), p = dropout(softmax((q.k [+ q.a]) / sqrt(d))): relative keys
+        and values where the layer has them. mask: as for `_sdpa`; causal applies when mask is None."""
+        scores = q @ k.transpose(-1, -2)
+        if self.rpr_key is not None:
+            relative_scores, index = self._relative_key_scores(q, k.shape[2])
+            scores = scores + relative_scores
+        scores = scores * self.head_dim ** -0.5
+        if mask is None and causal:
+            mask = allowed_keys(None, True, q.shape[2], k.shape[2], q.device)
         if mask is not None:
             # The dtype's minimum rather than -inf: a query with no visible key (an all-padding row) then
             # gets uniform weights instead of NaNs that would poison the backward pass.
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = F.dropout(scores.softmax(dim=-1), self.dropout_p, self.training)
+        probs = dropout(scores.softmax(dim=-1), self.dropout_p, self.training)
+        if self.rpr_value is None:
+            return probs @ v
         # Sum each query's weights per relative offset, then mix the 2k+1 value vectors once.
         offset_probs = probs.new_zeros(*probs.shape[:3], self.rpr_value.num_embeddings)
         offset_probs.scatter_add_(-1, index.expand_as(probs), probs)

@@ -8,6 +8,7 @@ from torch import nn
 
 from pretrain.model.attention import MultiHeadAttention, cross_attention_mask, self_attention_mask
 from pretrain.model.config import TransformerConfig
+from pretrain.model.dropout import Dropout
 from pretrain.model.documents import document_positions
 from pretrain.model.embeddings import Embeddings
 from pretrain.model.norms import make_norm
@@ -30,7 +31,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn_norm = make_norm(cfg)
         self.ffn = make_feed_forward(cfg)
         self.ffn_norm = make_norm(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, self_mask: torch.Tensor | None = None,

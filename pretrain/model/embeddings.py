@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pretrain.model.config import TransformerConfig
+from pretrain.model.dropout import Dropout
 from pretrain.model.norms import make_norm
 
 
@@ -40,7 +41,7 @@ class Embeddings(nn.Module):
             self.sinusoid = None
             self.word_scale = 1.0
         self.layer_norm = make_norm(cfg) if cfg.embeddings_layer_norm else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """positions: [B, T] absolute positions (restarting at each document of a packed row); None = 0..T-1."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from data_pipeline.errors import UserError
 from pretrain.model.attention import MultiHeadAttention
+from pretrain.model.dropout import Dropout
 
 POOLINGS = ("mean", "first", "2ha", "mead-2ha")
 
@@ -66,7 +67,7 @@ class MeadTwoHeadPooling(nn.Module):
         self.d_k = d_k
         self.query = nn.Linear(d_model, 2 * d_k)
         self.key = nn.Linear(d_model, 2 * d_k)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _heads(self, projected: torch.Tensor) -> torch.Tensor:
         """[B, T, 2 d_k] -> [B, 2, T, d_k]."""

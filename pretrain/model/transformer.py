@@ -11,6 +11,7 @@ from torch import nn
 
 from pretrain.model.attention import MultiHeadAttention
 from pretrain.model.config import TransformerConfig
+from pretrain.model.dropout import Dropout
 from pretrain.model.norms import make_norm
 
 
@@ -40,7 +41,7 @@ def make_feed_forward(cfg: TransformerConfig) -> FeedForward:
 
 
 def residual(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module,
-             dropout: nn.Dropout, placement: str,
+             dropout: Dropout, placement: str,
              skip: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
     """One residual sublayer, by `placement` (model.norm): "pre" x + drop(f(LN(x))) (GPT-2), "post"
     LN(x + drop(f(x))) (BERT), or "mead-pre" LN(x) + drop(f(LN(x))): mead-layers' pre-LN block, whose
@@ -77,7 +78,7 @@ class TransformerBlock(nn.Module):
         self.attn_norm = make_norm(cfg) if index or cfg.first_attn_norm else nn.Identity()
         self.ffn = make_feed_forward(cfg)
         self.ffn_norm = make_norm(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, causal: bool = False,
                 mask: torch.Tensor | None = None,

@@ -124,3 +124,18 @@ def test_integer_padding_mask_is_rejected():
     x, padding_mask = inputs()
     with pytest.raises(TypeError, match="bool"):
         attn(x, padding_mask.long())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("padded,causal", [(False, False), (True, False), (False, True), (True, True)])
+def test_training_with_attention_dropout_on_cpu_takes_the_explicit_path_with_the_same_attention(
+        monkeypatch, variant, padded, causal):
+    """SDPA's CPU path would draw torch's slow dropout masks: training with attention dropout computes the
+    weights itself, and with every weight kept (a mask of ones) it is the reference attention."""
+    monkeypatch.setattr("pretrain.model.dropout.keep_scale", lambda shape, p: torch.ones(shape))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call fails
+    attn = make_attention(variant).train()
+    attn.dropout_p = 0.1
+    x, padding_mask = inputs()
+    mask = padding_mask if padded else None
+    torch.testing.assert_close(attn(x, mask, causal), reference(attn, x, mask, causal), atol=1e-5, rtol=1e-5)
