@@ -105,7 +105,9 @@ def run_seed(args: argparse.Namespace, seed: int, train: torch.Tensor, valid: li
     optimizers = {name: build_optimizer(model, optim_cfg, torch.device("cpu")) for name, model in models.items()}
     schedulers = {name: build_scheduler(optimizer, optim_cfg, args.steps) for name, optimizer in optimizers.items()}
     torch.manual_seed(seed)
-    dropout_rng = dict.fromkeys(models, torch.get_rng_state())  # the same dropout stream for both
+    # Both models read the same generator stream. HF's torch dropout and our CPU dropout
+    # (pretrain/model/dropout.py) draw their masks from it differently: same distribution, other masks.
+    dropout_rng = dict.fromkeys(models, torch.get_rng_state())
     curves: dict[str, dict[int, float]] = {name: {} for name in models}
     start = time.perf_counter()
     for step in range(args.steps + 1):
