@@ -3,9 +3,10 @@
 On CPU, `F.dropout` draws one float per element with `bernoulli_`, a serial loop that was 13% of our MLM
 training step (bench/RESULTS.md). Here one 64-bit draw makes four 16-bit ones, each compared with a
 threshold: the same Bernoulli masks up to p's rounding to 1/65,536 (0.1 -> 0.1000061, and the kept values
-are scaled by that rate's inverse, so the expectation is exact). The draws come from torch's default
-generator, so seeding, checkpointed RNG state and bit-exact resume work as before. Accelerators keep
-torch's fused kernels (`F.dropout`, and SDPA's own dropout in attention), which are already fast.
+are scaled by that rate's inverse, so the expectation is exact in fp32; in bf16 the scale rounds as in
+torch's own dropout). The draws come from torch's default generator, so seeding, checkpointed RNG state and
+bit-exact resume work as before. Accelerators keep torch's fused kernels (`F.dropout`, and SDPA's own
+dropout in attention), which are already fast.
 """
 from __future__ import annotations
 
