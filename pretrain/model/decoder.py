@@ -8,8 +8,8 @@ from torch import nn
 
 from pretrain.model.attention import MultiHeadAttention, cross_attention_mask, self_attention_mask
 from pretrain.model.config import TransformerConfig
-from pretrain.model.dropout import Dropout
 from pretrain.model.documents import document_positions
+from pretrain.model.dropout import Dropout
 from pretrain.model.embeddings import Embeddings
 from pretrain.model.norms import make_norm
 from pretrain.model.rotary import rope_tables
